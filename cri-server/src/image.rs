@@ -1,0 +1,153 @@
+//! The CRI ImageService: each RPC maps onto one `runtime_core::image::ImageService` call.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_cri::v1 as cri;
+use runtime_core::Error;
+use runtime_core::image::{Credentials, ImageRecord, ImageService};
+use tonic::{Request, Response, Status};
+
+use crate::metrics::Metrics;
+use crate::status::IntoStatus;
+
+/// gRPC front of the image service.
+pub struct ImageApi {
+    images: ImageService,
+    metrics: Arc<Metrics>,
+}
+
+impl ImageApi {
+    /// Wraps the image service.
+    pub fn new(images: ImageService, metrics: Arc<Metrics>) -> ImageApi {
+        ImageApi { images, metrics }
+    }
+}
+
+/// The image string of a request's spec, which CRI marks optional.
+fn spec_image(spec: Option<&cri::ImageSpec>) -> Result<&str, Status> {
+    match spec.map(|s| s.image.trim()) {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(Status::invalid_argument("image spec with a non-empty image is required")),
+    }
+}
+
+/// The CRI view of an image record.
+pub fn to_cri_image(r: &ImageRecord) -> cri::Image {
+    let (uid, username) = runtime_core::image::service::image_user(r);
+    cri::Image {
+        id: r.id.clone(),
+        repo_tags: r.repo_tags.clone(),
+        repo_digests: r.repo_digests.clone(),
+        size: r.size,
+        uid: uid.map(|value| cri::Int64Value { value }),
+        username,
+        spec: Some(cri::ImageSpec {
+            image: r.id.clone(),
+            ..Default::default()
+        }),
+        pinned: false,
+    }
+}
+
+#[tonic::async_trait]
+impl cri::image_service_server::ImageService for ImageApi {
+    async fn list_images(
+        &self,
+        request: Request<cri::ListImagesRequest>,
+    ) -> Result<Response<cri::ListImagesResponse>, Status> {
+        let req = request.into_inner();
+        let filter = req
+            .filter
+            .as_ref()
+            .and_then(|f| f.image.as_ref())
+            .map(|s| s.image.as_str());
+        let images = self.images.list(filter).status()?;
+        Ok(Response::new(cri::ListImagesResponse {
+            images: images.iter().map(to_cri_image).collect(),
+        }))
+    }
+
+    async fn image_status(
+        &self,
+        request: Request<cri::ImageStatusRequest>,
+    ) -> Result<Response<cri::ImageStatusResponse>, Status> {
+        let req = request.into_inner();
+        let image = spec_image(req.image.as_ref())?;
+        let found = self.images.status(image).status()?;
+        let info = match (&found, req.verbose) {
+            (Some(r), true) => self.images.verbose_info(r).into_iter().collect(),
+            _ => Default::default(),
+        };
+        Ok(Response::new(cri::ImageStatusResponse {
+            image: found.as_ref().map(to_cri_image),
+            info,
+        }))
+    }
+
+    async fn pull_image(
+        &self,
+        request: Request<cri::PullImageRequest>,
+    ) -> Result<Response<cri::PullImageResponse>, Status> {
+        let req = request.into_inner();
+        let image = spec_image(req.image.as_ref())?;
+        let credentials = match &req.auth {
+            Some(a) => Credentials::from_auth_config(
+                &a.username,
+                &a.password,
+                &a.auth,
+                &a.identity_token,
+                &a.registry_token,
+            )
+            .status()?,
+            None => Credentials::default(),
+        };
+        let start = Instant::now();
+        tracing::info!(image, "pulling image");
+        let outcome = self.images.pull(image, credentials).await.map_err(|e| {
+            tracing::warn!(image, error = %e, "pull failed");
+            crate::status::to_status(e)
+        })?;
+        let seconds = start.elapsed().as_secs_f64();
+        self.metrics.record_pull(outcome.bytes_downloaded, seconds);
+        tracing::info!(image, id = %outcome.image_id, bytes = outcome.bytes_downloaded, seconds, "pulled image");
+        Ok(Response::new(cri::PullImageResponse {
+            image_ref: outcome.image_id,
+        }))
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<cri::RemoveImageRequest>,
+    ) -> Result<Response<cri::RemoveImageResponse>, Status> {
+        let req = request.into_inner();
+        let image = spec_image(req.image.as_ref())?;
+        self.images.remove(image).await.status()?;
+        tracing::info!(image, "removed image");
+        Ok(Response::new(cri::RemoveImageResponse {}))
+    }
+
+    async fn image_fs_info(
+        &self,
+        _request: Request<cri::ImageFsInfoRequest>,
+    ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
+        let images = self.images.clone();
+        let usage = tokio::task::spawn_blocking(move || images.usage())
+            .await
+            .map_err(|e| crate::status::to_status(Error::Internal(e.to_string())))?;
+        let fs = cri::FilesystemUsage {
+            timestamp: runtime_core::image::pull::now_ns(),
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: self.images.mountpoint().display().to_string(),
+            }),
+            used_bytes: Some(cri::UInt64Value { value: usage.bytes }),
+            inodes_used: Some(cri::UInt64Value {
+                value: usage.inodes,
+            }),
+        };
+        Ok(Response::new(cri::ImageFsInfoResponse {
+            image_filesystems: vec![fs],
+            container_filesystems: vec![],
+        }))
+    }
+}

@@ -1,0 +1,229 @@
+//! berthd: the berth CRI runtime daemon. kubelet and crictl talk CRI v1 gRPC to it over a
+//! unix socket.
+
+mod image;
+mod metrics;
+mod runtime;
+mod socket;
+mod status;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use k8s_cri::v1 as cri;
+use runtime_core::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
+use runtime_core::image::{ImageService, ImageServiceOptions};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+
+/// How long in-flight RPCs may run after SIGTERM / SIGINT before they are cancelled.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Largest gRPC message accepted or sent, as kubelet and containerd use.
+const MAX_MESSAGE_BYTES: usize = 16 << 20;
+
+/// berth: a Kubernetes CRI runtime. Serves CRI v1 (RuntimeService, ImageService) on a unix
+/// socket for kubelet and crictl.
+#[derive(Debug, Parser)]
+#[command(name = "berthd", version, about, long_about = None)]
+struct Args {
+    /// Configuration file (TOML). A missing file at the default path means built-in
+    /// defaults; a missing file named here is an error.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Persistent root directory: images, layers, metadata [default: /var/lib/berth]
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// Runtime state directory: socket, namespaces, bundles [default: /run/berth]
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// CRI socket path [default: <state>/berth.sock]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace, or a tracing filter [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log format: text or json [default: text]
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics [default: off]
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_address: Option<String>,
+    /// Print a commented default berth.toml and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+impl Args {
+    /// The configuration in effect: the file, then flags over it.
+    fn config(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.config {
+            Some(p) => Config::load(p, true)?,
+            None => Config::load(std::path::Path::new(DEFAULT_CONFIG_PATH), false)?,
+        };
+        if let Some(r) = &self.root {
+            config.root = r.clone();
+        }
+        if let Some(s) = &self.state {
+            config.state = s.clone();
+        }
+        if let Some(s) = &self.socket {
+            config.socket = Some(s.clone());
+        }
+        if let Some(l) = &self.log_level {
+            config.log_level = l.clone();
+        }
+        if let Some(f) = &self.log_format {
+            config.log_format = if f == "json" {
+                LogFormat::Json
+            } else {
+                LogFormat::Text
+            };
+        }
+        if let Some(m) = &self.metrics_address {
+            config.metrics_address = Some(m.clone()).filter(|m| !m.is_empty());
+        }
+        config.validate("command line")?;
+        Ok(config)
+    }
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("invalid log level {:?}", config.log_level))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if args.print_default_config {
+        print!("{}", Config::default_toml());
+        return std::process::ExitCode::SUCCESS;
+    }
+    let config = match args.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("berthd: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(&config) {
+        eprintln!("berthd: {e:#}");
+        return std::process::ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthd: start async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("berthd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    runtime_core::fsutil::create_private_dir(&config.root)?;
+    runtime_core::fsutil::create_private_dir(&config.state)?;
+    let images = ImageService::open(ImageServiceOptions {
+        root: config.root.clone(),
+        registries_config: config.image.registries_config.clone(),
+        max_concurrent_downloads: config.image.max_concurrent_downloads,
+        connect_timeout: Duration::from_secs(config.image.connect_timeout_secs),
+        read_timeout: Duration::from_secs(config.image.read_timeout_secs),
+    })?;
+    let metrics = Arc::new(metrics::Metrics::new());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_stop = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+    };
+
+    let metrics_task = match &config.metrics_address {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await.map_err(anyhow::Error::msg)?;
+            let local = listener.local_addr().context("metrics listener address")?;
+            let served = Arc::clone(&metrics);
+            let stop = wait_stop();
+            tracing::info!(addr = %local, "serving metrics at /metrics");
+            Some(tokio::spawn(async move {
+                if let Err(e) = metrics::serve(listener, served, stop).await {
+                    tracing::error!(addr = %local, error = %e, "metrics server failed");
+                }
+            }))
+        }
+        None => None,
+    };
+
+    let socket_path = config.socket_path();
+    let listener = socket::bind(&socket_path)?;
+    let config_json = serde_json::to_string(&config).unwrap_or_default();
+    let runtime_api = runtime::RuntimeApi::new(config_json);
+    let image_api = image::ImageApi::new(images, Arc::clone(&metrics));
+
+    let server = tonic::transport::Server::builder()
+        .layer(metrics::MetricsLayer::new(Arc::clone(&metrics)))
+        .add_service(
+            cri::runtime_service_server::RuntimeServiceServer::new(runtime_api)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            cri::image_service_server::ImageServiceServer::new(image_api)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), wait_stop());
+
+    let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    tracing::info!(socket = %socket_path.display(), root = %config.root.display(), state = %config.state.display(), "berthd serving CRI");
+
+    tokio::pin!(server);
+    let finished = tokio::select! {
+        r = &mut server => Some(r.context("gRPC server failed")),
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
+    };
+    let _ = stop_tx.send(true);
+    let result = match finished {
+        Some(r) => r,
+        // Let in-flight RPCs finish; past the grace period they are cancelled.
+        None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+            Ok(r) => r.context("gRPC server failed"),
+            Err(_) => {
+                tracing::warn!("in-flight requests cancelled after {SHUTDOWN_GRACE:?}");
+                Ok(())
+            }
+        },
+    };
+    if let Some(t) = metrics_task {
+        let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    if let Err(e) = std::fs::remove_file(&socket_path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(path = %socket_path.display(), error = %e, "could not remove socket");
+    }
+    tracing::info!("berthd stopped");
+    result
+}

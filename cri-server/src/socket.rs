@@ -1,0 +1,73 @@
+//! The CRI unix socket: created 0660 and owned by root so that only root (and members of
+//! root's group) can drive the runtime; a stale socket left by a crash is replaced, but a
+//! socket some live process still serves is never stolen.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use tokio::net::UnixListener;
+
+/// Binds the CRI socket at `path`.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("create socket directory {}", dir.display()))?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!(
+                    "socket {} is in use by another process (is another berthd running?)",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("remove stale socket {}", path.display()))?;
+            tracing::info!(path = %path.display(), "replaced stale socket");
+        }
+        Ok(_) => bail!(
+            "socket path {} exists and is not a socket; refusing to replace it",
+            path.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("stat {}", path.display())),
+    }
+    // Bind under a restrictive umask so the socket is never reachable with wider
+    // permissions, not even between bind and chmod.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.with_context(|| format!("bind {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), Some(nix::unistd::Gid::from_raw(0)))
+        .with_context(|| format!("chown {}", path.display()))?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[tokio::test]
+    async fn creates_0660_and_replaces_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s/berth.sock");
+        let l = bind(&p).unwrap();
+        let m = std::fs::metadata(&p).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o660);
+        // A live socket is not stolen.
+        assert!(bind(&p).is_err());
+        drop(l);
+        // The file stays behind after drop, as after a crash: it is replaced.
+        assert!(p.exists());
+        let _l2 = bind(&p).unwrap();
+        // A regular file is never replaced.
+        let f = dir.path().join("file");
+        std::fs::write(&f, b"x").unwrap();
+        assert!(bind(&f).is_err());
+        assert_eq!(std::fs::read(&f).unwrap(), b"x");
+    }
+}

@@ -1,0 +1,221 @@
+//! berth's configuration file (`berth.toml`). Every key has a default, so an empty file
+//! (or none at the default path) is a valid configuration; unknown keys are rejected so a
+//! typo does not silently fall back to a default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// Default path of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/berth/berth.toml";
+/// Default persistent root directory.
+pub const DEFAULT_ROOT: &str = "/var/lib/berth";
+/// Default runtime state directory.
+pub const DEFAULT_STATE: &str = "/run/berth";
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Persistent data: images, layers, metadata, container state.
+    pub root: PathBuf,
+    /// Runtime state that does not survive a reboot: socket, namespaces, bundles.
+    pub state: PathBuf,
+    /// The CRI socket; `<state>/berth.sock` when unset.
+    pub socket: Option<PathBuf>,
+    /// Log filter: `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    pub log_level: String,
+    /// Log output format.
+    pub log_format: LogFormat,
+    /// `HOST:PORT` to serve Prometheus metrics on (`/metrics`); off when unset.
+    pub metrics_address: Option<String>,
+    /// Image settings.
+    pub image: ImageConfig,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `[image]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// A containers-registries.conf(5) v2 file with registry rewrites, mirrors, insecure
+    /// and blocked registries. Unset: every registry is contacted directly over HTTPS.
+    pub registries_config: Option<PathBuf>,
+    /// Layers downloaded at once per pull.
+    pub max_concurrent_downloads: usize,
+    /// Seconds to wait for a registry connection before the pull fails.
+    pub connect_timeout_secs: u64,
+    /// Seconds without receiving a byte before a registry read fails.
+    pub read_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: PathBuf::from(DEFAULT_ROOT),
+            state: PathBuf::from(DEFAULT_STATE),
+            socket: None,
+            log_level: "info".to_string(),
+            log_format: LogFormat::Text,
+            metrics_address: None,
+            image: ImageConfig::default(),
+        }
+    }
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            registries_config: None,
+            max_concurrent_downloads: 3,
+            connect_timeout_secs: 30,
+            read_timeout_secs: 120,
+        }
+    }
+}
+
+impl Config {
+    /// Parses configuration text; `origin` names the source in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| Error::InvalidArgument(format!("config {origin}: {e}")))?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Loads the file at `path`. When `explicit` is false a missing file means the
+    /// built-in defaults (the default path is optional); an explicitly named file must exist.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, &path.display().to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                Ok(Config::default())
+            }
+            Err(e) => Err(Error::InvalidArgument(format!(
+                "config file {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    /// The socket path in effect.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.state.join("berth.sock"))
+    }
+
+    /// Checks values serde cannot.
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(format!("config {origin}: {m}")));
+        if !self.root.is_absolute() {
+            return bad(format!("root {:?} must be an absolute path", self.root));
+        }
+        if !self.state.is_absolute() {
+            return bad(format!("state {:?} must be an absolute path", self.state));
+        }
+        if let Some(s) = &self.socket
+            && !s.is_absolute()
+        {
+            return bad(format!("socket {s:?} must be an absolute path"));
+        }
+        if self.image.max_concurrent_downloads == 0 {
+            return bad("image.max_concurrent_downloads must be at least 1".to_string());
+        }
+        Ok(())
+    }
+
+    /// The default configuration as a commented berth.toml.
+    pub fn default_toml() -> String {
+        let d = Config::default();
+        format!(
+            r#"# berth.toml: configuration of berthd. Every key is optional; shown are the defaults.
+# Command-line flags override these values.
+
+# Persistent data: images, layers, metadata, container state.
+root = "{root}"
+
+# Runtime state that does not survive a reboot: socket, pinned namespaces, bundles.
+state = "{state}"
+
+# The CRI socket kubelet and crictl connect to (0660, root). Default: <state>/berth.sock
+# socket = "{state}/berth.sock"
+
+# error, warn, info, debug, trace, or a tracing filter directive such as "berth=debug".
+log_level = "{level}"
+
+# "text" or "json".
+log_format = "text"
+
+# HOST:PORT serving Prometheus metrics at /metrics. Off when unset.
+# metrics_address = "127.0.0.1:9090"
+
+[image]
+# containers-registries.conf(5) version 2 file: [[registry]] prefix / location / insecure /
+# blocked and [[registry.mirror]]. Unset: every registry is contacted directly over HTTPS.
+# registries_config = "/etc/berth/registries.conf"
+
+# Layers downloaded in parallel per pull.
+max_concurrent_downloads = {mcd}
+
+# Seconds to wait for a registry connection.
+connect_timeout_secs = {ct}
+
+# Seconds without a byte from a registry before the pull fails.
+read_timeout_secs = {rt}
+"#,
+            root = d.root.display(),
+            state = d.state.display(),
+            level = d.log_level,
+            mcd = d.image.max_concurrent_downloads,
+            ct = d.image.connect_timeout_secs,
+            rt = d.image.read_timeout_secs,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_parses_to_default() {
+        let c = Config::parse(&Config::default_toml(), "default").unwrap();
+        assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_naming_it() {
+        let e = Config::parse("roots = \"/x\"", "t.toml").unwrap_err();
+        assert!(e.to_string().contains("roots"), "{e}");
+        assert!(e.to_string().contains("t.toml"), "{e}");
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_explicit_is_error() {
+        let p = Path::new("/nonexistent/berth.toml");
+        assert_eq!(Config::load(p, false).unwrap(), Config::default());
+        let e = Config::load(p, true).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/berth.toml"));
+    }
+
+    #[test]
+    fn relative_paths_rejected() {
+        assert!(Config::parse("root = \"rel\"", "t").is_err());
+        assert!(Config::parse("[image]\nmax_concurrent_downloads = 0", "t").is_err());
+        let c = Config::parse("state = \"/s\"", "t").unwrap();
+        assert_eq!(c.socket_path(), PathBuf::from("/s/berth.sock"));
+    }
+}

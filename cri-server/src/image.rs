@@ -28,7 +28,9 @@ impl ImageApi {
 fn spec_image(spec: Option<&cri::ImageSpec>) -> Result<&str, Status> {
     match spec.map(|s| s.image.trim()) {
         Some(s) if !s.is_empty() => Ok(s),
-        _ => Err(Status::invalid_argument("image spec with a non-empty image is required")),
+        _ => Err(Status::invalid_argument(
+            "image spec with a non-empty image is required",
+        )),
     }
 }
 

@@ -121,7 +121,10 @@ fn main() -> std::process::ExitCode {
         eprintln!("berthd: {e:#}");
         return std::process::ExitCode::from(2);
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("berthd: start async runtime: {e}");

@@ -253,8 +253,14 @@ mod tests {
 
     #[test]
     fn method_labels_are_bounded() {
-        assert_eq!(method_label("/runtime.v1.ImageService/PullImage"), "PullImage");
-        assert_eq!(method_label("/runtime.v1.RuntimeService/Version"), "Version");
+        assert_eq!(
+            method_label("/runtime.v1.ImageService/PullImage"),
+            "PullImage"
+        );
+        assert_eq!(
+            method_label("/runtime.v1.RuntimeService/Version"),
+            "Version"
+        );
         assert_eq!(method_label("/evil/x"), "unknown");
         assert_eq!(method_label("/runtime.v1.ImageService/a{b}"), "unknown");
     }
@@ -266,10 +272,24 @@ mod tests {
         m.record_call("ImageStatus", Some(tonic::Code::InvalidArgument), 0.001);
         m.record_pull(1234, 2.0);
         let text = m.encode();
-        assert!(text.contains("berth_cri_requests_total{method=\"PullImage\"} 1"), "{text}");
-        assert!(text.contains("berth_cri_errors_total{method=\"ImageStatus\",code=\"InvalidArgument\"} 1"), "{text}");
-        assert!(text.contains("berth_cri_request_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("berth_cri_requests_total{method=\"PullImage\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "berth_cri_errors_total{method=\"ImageStatus\",code=\"InvalidArgument\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_cri_request_duration_seconds_bucket"),
+            "{text}"
+        );
         assert!(text.contains("berth_image_pull_bytes_total 1234"), "{text}");
-        assert!(text.contains("berth_image_pull_duration_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("berth_image_pull_duration_seconds_count 1"),
+            "{text}"
+        );
     }
 }

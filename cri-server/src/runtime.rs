@@ -259,7 +259,8 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         Err(unimplemented("ListPodSandboxMetrics"))
     }
 
-    type GetContainerEventsStream = futures_util::stream::Empty<Result<cri::ContainerEventResponse, Status>>;
+    type GetContainerEventsStream =
+        futures_util::stream::Empty<Result<cri::ContainerEventResponse, Status>>;
 
     async fn get_container_events(
         &self,

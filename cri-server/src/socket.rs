@@ -41,8 +41,12 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     let listener = bound.with_context(|| format!("bind {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("chmod {}", path.display()))?;
-    nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), Some(nix::unistd::Gid::from_raw(0)))
-        .with_context(|| format!("chown {}", path.display()))?;
+    nix::unistd::chown(
+        path,
+        Some(nix::unistd::Uid::from_raw(0)),
+        Some(nix::unistd::Gid::from_raw(0)),
+    )
+    .with_context(|| format!("chown {}", path.display()))?;
     Ok(listener)
 }
 

@@ -46,6 +46,9 @@ mod tests {
             to_status(Error::PermissionDenied(String::new())).code(),
             Code::PermissionDenied
         );
-        assert_eq!(to_status(Error::DataLoss(String::new())).code(), Code::DataLoss);
+        assert_eq!(
+            to_status(Error::DataLoss(String::new())).code(),
+            Code::DataLoss
+        );
     }
 }

@@ -2,9 +2,11 @@
 //! state store. It knows nothing about gRPC: `cri-server` maps each RPC onto one call here
 //! and maps [`ErrorKind`] to a gRPC status in one place.
 
+pub mod cgroups;
 pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod image;
+pub mod sandbox;
 
 pub use error::{Error, ErrorKind, Result};

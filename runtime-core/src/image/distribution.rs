@@ -76,7 +76,9 @@ impl Credentials {
         if !auth.is_empty() && c.username.is_none() {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
-                .map_err(|e| Error::InvalidArgument(format!("auth config: invalid base64 in auth: {e}")))?;
+                .map_err(|e| {
+                    Error::InvalidArgument(format!("auth config: invalid base64 in auth: {e}"))
+                })?;
             let text = String::from_utf8(decoded).map_err(|_| {
                 Error::InvalidArgument("auth config: auth is not UTF-8".to_string())
             })?;
@@ -309,9 +311,9 @@ impl Session {
             StatusCode::UNAUTHORIZED => Error::Unauthenticated(format!(
                 "registry {host} requires authentication for {repo}{detail}"
             )),
-            StatusCode::FORBIDDEN => Error::PermissionDenied(format!(
-                "registry {host} denied access to {repo}{detail}"
-            )),
+            StatusCode::FORBIDDEN => {
+                Error::PermissionDenied(format!("registry {host} denied access to {repo}{detail}"))
+            }
             StatusCode::TOO_MANY_REQUESTS => Error::Unavailable(format!(
                 "registry {host} is rate limiting requests for {repo}{detail}"
             )),
@@ -359,7 +361,9 @@ impl Session {
     async fn fetch_token(&self, c: &Challenge) -> Result<String> {
         let host = &self.endpoint.host;
         let realm = c.param("realm").ok_or_else(|| {
-            Error::Unauthenticated(format!("registry {host} sent a bearer challenge without realm"))
+            Error::Unauthenticated(format!(
+                "registry {host} sent a bearer challenge without realm"
+            ))
         })?;
         let scope = format!("repository:{}:pull", self.endpoint.repository);
         let service = c.param("service").unwrap_or_default();
@@ -437,8 +441,11 @@ impl Session {
 }
 
 fn header_value(s: &str) -> Result<HeaderValue> {
-    HeaderValue::from_str(s)
-        .map_err(|_| Error::InvalidArgument("credentials contain characters not allowed in an HTTP header".to_string()))
+    HeaderValue::from_str(s).map_err(|_| {
+        Error::InvalidArgument(
+            "credentials contain characters not allowed in an HTTP header".to_string(),
+        )
+    })
 }
 
 fn form_escape(s: &str) -> String {
@@ -606,14 +613,23 @@ mod tests {
         assert_eq!(c.username.as_deref(), Some("me"));
         assert_eq!(c.password.as_deref(), Some("se:cret"));
         assert!(Credentials::from_auth_config("", "", "!!!", "", "").is_err());
-        assert!(Credentials::from_auth_config("", "", "", "", "").unwrap().is_empty());
-        let dbg = format!("{:?}", Credentials::from_auth_config("u", "pw", "", "", "").unwrap());
+        assert!(
+            Credentials::from_auth_config("", "", "", "", "")
+                .unwrap()
+                .is_empty()
+        );
+        let dbg = format!(
+            "{:?}",
+            Credentials::from_auth_config("u", "pw", "", "", "").unwrap()
+        );
         assert!(!dbg.contains("pw"));
     }
 
     #[test]
     fn error_text_from_envelope() {
-        let t = registry_error_text(r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#);
+        let t = registry_error_text(
+            r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+        );
         assert_eq!(t, ": manifest unknown (MANIFEST_UNKNOWN)");
         assert_eq!(registry_error_text("<html>"), "");
     }

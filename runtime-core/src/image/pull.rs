@@ -51,12 +51,15 @@ pub(crate) async fn pull(
             Err(e) => return Err(e),
         }
     }
-    Err(last_error.unwrap_or_else(|| {
-        Error::Internal(format!("no registry endpoint for {reference}"))
-    }))
+    Err(last_error
+        .unwrap_or_else(|| Error::Internal(format!("no registry endpoint for {reference}"))))
 }
 
-async fn pull_from(inner: &Arc<Inner>, reference: &Reference, session: &Arc<Session>) -> Result<PullOutcome> {
+async fn pull_from(
+    inner: &Arc<Inner>,
+    reference: &Reference,
+    session: &Arc<Session>,
+) -> Result<PullOutcome> {
     let target = reference
         .digest()
         .or(reference.tag())
@@ -67,31 +70,32 @@ async fn pull_from(inner: &Arc<Inner>, reference: &Reference, session: &Arc<Sess
         .await
         .map_err(|e| e.context(format!("pull {reference}")))?;
     let parsed = parse_manifest(&top.bytes, reference)?;
-    let (manifest_bytes, manifest_digest, manifest, index_digest) = if is_index(&parsed, &top.content_type) {
-        let entries = parsed.manifests.as_deref().unwrap_or(&[]);
-        let want = spec::node_platform();
-        let entry = spec::select_platform(entries, &want).ok_or_else(|| {
-            Error::NotFound(format!(
-                "image {reference} has no manifest for platform {}/{}",
-                want.os, want.architecture
-            ))
-        })?;
-        digest::sha256_hex(&entry.digest)?;
-        let m = session
-            .manifest(&entry.digest)
-            .await
-            .map_err(|e| e.context(format!("pull {reference}")))?;
-        let pm = parse_manifest(&m.bytes, reference)?;
-        if is_index(&pm, &m.content_type) {
-            return Err(Error::InvalidArgument(format!(
-                "image {reference}: nested image indexes are not supported"
-            )));
-        }
-        inner.store.put_blob(&top.digest, &top.bytes)?;
-        (m.bytes, m.digest, pm, Some(top.digest.clone()))
-    } else {
-        (top.bytes, top.digest.clone(), parsed, None)
-    };
+    let (manifest_bytes, manifest_digest, manifest, index_digest) =
+        if is_index(&parsed, &top.content_type) {
+            let entries = parsed.manifests.as_deref().unwrap_or(&[]);
+            let want = spec::node_platform();
+            let entry = spec::select_platform(entries, &want).ok_or_else(|| {
+                Error::NotFound(format!(
+                    "image {reference} has no manifest for platform {}/{}",
+                    want.os, want.architecture
+                ))
+            })?;
+            digest::sha256_hex(&entry.digest)?;
+            let m = session
+                .manifest(&entry.digest)
+                .await
+                .map_err(|e| e.context(format!("pull {reference}")))?;
+            let pm = parse_manifest(&m.bytes, reference)?;
+            if is_index(&pm, &m.content_type) {
+                return Err(Error::InvalidArgument(format!(
+                    "image {reference}: nested image indexes are not supported"
+                )));
+            }
+            inner.store.put_blob(&top.digest, &top.bytes)?;
+            (m.bytes, m.digest, pm, Some(top.digest.clone()))
+        } else {
+            (top.bytes, top.digest.clone(), parsed, None)
+        };
     let config_desc = manifest.config.clone().ok_or_else(|| {
         Error::InvalidArgument(format!("image {reference}: manifest has no config"))
     })?;
@@ -146,7 +150,9 @@ async fn pull_from(inner: &Arc<Inner>, reference: &Reference, session: &Arc<Sess
                             let resp = session.blob(&desc.digest).await?;
                             fetch_layer(&inner, resp, &desc, &diff_id, &chain)
                                 .await
-                                .map_err(|e| e.context(format!("pull {reference}: layer {}", desc.digest)))
+                                .map_err(|e| {
+                                    e.context(format!("pull {reference}: layer {}", desc.digest))
+                                })
                         }
                     })
                     .await?;
@@ -162,8 +168,8 @@ async fn pull_from(inner: &Arc<Inner>, reference: &Reference, session: &Arc<Sess
 
     inner.store.put_blob(&manifest_digest, &manifest_bytes)?;
     inner.store.put_blob(&config_desc.digest, &config_bytes)?;
-    let size = config_desc.size.max(0) as u64
-        + layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
+    let size =
+        config_desc.size.max(0) as u64 + layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
     let record = ImageRecord {
         id: config_desc.digest.clone(),
         repo_tags: vec![],
@@ -181,9 +187,10 @@ async fn pull_from(inner: &Arc<Inner>, reference: &Reference, session: &Arc<Sess
     };
     let repo_digest = format!("{}@{}", reference.name(), top.digest);
     let store = Arc::clone(inner);
-    let rec = tokio::task::spawn_blocking(move || store.store.commit_image(record, tag, repo_digest))
-        .await
-        .map_err(|e| Error::Internal(format!("commit image: {e}")))??;
+    let rec =
+        tokio::task::spawn_blocking(move || store.store.commit_image(record, tag, repo_digest))
+            .await
+            .map_err(|e| Error::Internal(format!("commit image: {e}")))??;
     Ok(PullOutcome {
         image_id: rec.id,
         bytes_downloaded: downloaded.load(Ordering::Relaxed),
@@ -191,9 +198,8 @@ async fn pull_from(inner: &Arc<Inner>, reference: &Reference, session: &Arc<Sess
 }
 
 fn parse_manifest(bytes: &[u8], reference: &Reference) -> Result<AnyManifest> {
-    let m: AnyManifest = serde_json::from_slice(bytes).map_err(|e| {
-        Error::InvalidArgument(format!("image {reference}: invalid manifest: {e}"))
-    })?;
+    let m: AnyManifest = serde_json::from_slice(bytes)
+        .map_err(|e| Error::InvalidArgument(format!("image {reference}: invalid manifest: {e}")))?;
     if m.schema_version != 2 {
         return Err(Error::InvalidArgument(format!(
             "image {reference}: manifest schema version {} is not supported (only 2)",
@@ -205,7 +211,9 @@ fn parse_manifest(bytes: &[u8], reference: &Reference) -> Result<AnyManifest> {
 
 fn is_index(m: &AnyManifest, content_type: &str) -> bool {
     let mt = m.media_type.as_deref().unwrap_or(content_type);
-    mt == spec::OCI_INDEX || mt == spec::DOCKER_MANIFEST_LIST || (m.manifests.is_some() && m.config.is_none())
+    mt == spec::OCI_INDEX
+        || mt == spec::DOCKER_MANIFEST_LIST
+        || (m.manifests.is_some() && m.config.is_none())
 }
 
 fn check_layer_media_type(reference: &Reference, l: &Descriptor) -> Result<()> {
@@ -257,10 +265,11 @@ async fn fetch_layer(
             };
             let store = Arc::clone(inner);
             let staging2 = staging.clone();
-            let committed = tokio::task::spawn_blocking(move || store.store.commit_layer(&staging2, rec))
-                .await
-                .map_err(|e| Error::Internal(format!("commit layer: {e}")))
-                .and_then(|r| r);
+            let committed =
+                tokio::task::spawn_blocking(move || store.store.commit_layer(&staging2, rec))
+                    .await
+                    .map_err(|e| Error::Internal(format!("commit layer: {e}")))
+                    .and_then(|r| r);
             if let Err(e) = committed {
                 remove_staging(staging).await;
                 return Err(e);
@@ -287,7 +296,10 @@ async fn stream_and_unpack(
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(32);
     let dest = staging.join("diff");
     let unpacker = tokio::task::spawn_blocking(move || -> Result<(unpack::UnpackStats, String)> {
-        let reader = ChannelReader { rx, chunk: Bytes::new() };
+        let reader = ChannelReader {
+            rx,
+            chunk: Bytes::new(),
+        };
         let mut buffered = BufReader::with_capacity(256 << 10, reader);
         let head = buffered
             .fill_buf()

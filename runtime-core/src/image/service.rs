@@ -69,7 +69,9 @@ impl ImageService {
     pub async fn pull(&self, image: &str, credentials: Credentials) -> Result<PullOutcome> {
         let image = image.trim();
         if image.is_empty() {
-            return Err(Error::InvalidArgument("image reference is empty".to_string()));
+            return Err(Error::InvalidArgument(
+                "image reference is empty".to_string(),
+            ));
         }
         let reference = Reference::parse_normalized(image)?;
         let key = format!("{reference}\n{}", credentials_key(&credentials));
@@ -147,7 +149,12 @@ fn credentials_key(c: &Credentials) -> String {
         return String::new();
     }
     let mut h = sha2::Sha256::new();
-    for part in [&c.username, &c.password, &c.identity_token, &c.registry_token] {
+    for part in [
+        &c.username,
+        &c.password,
+        &c.identity_token,
+        &c.registry_token,
+    ] {
         h.update(part.as_deref().unwrap_or("").as_bytes());
         h.update([0]);
     }

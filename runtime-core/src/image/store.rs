@@ -110,7 +110,11 @@ const LAYER_META: &str = "layer.json";
 impl Store {
     /// Opens (creating if needed) the store under `root`, removing leftovers of crashes.
     pub fn open(root: &Path) -> Result<Store> {
-        for d in [root.to_path_buf(), root.join("blobs/sha256"), root.join("layers")] {
+        for d in [
+            root.to_path_buf(),
+            root.join("blobs/sha256"),
+            root.join("layers"),
+        ] {
             fsutil::create_private_dir(&d)?;
         }
         let images = load_index(&root.join(INDEX_FILE))?;
@@ -156,7 +160,11 @@ impl Store {
     }
 
     fn clean_staging(&self) -> Result<()> {
-        for dir in [self.root.join("layers"), self.root.join("blobs/sha256"), self.root.clone()] {
+        for dir in [
+            self.root.join("layers"),
+            self.root.join("blobs/sha256"),
+            self.root.clone(),
+        ] {
             let entries = fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?;
             for entry in entries.flatten() {
                 if entry.file_name().to_string_lossy().starts_with(".tmp-") {
@@ -214,11 +222,10 @@ impl Store {
     /// where the tar goes.
     pub fn stage_layer(&self, chain_id: &str) -> Result<PathBuf> {
         let hex = digest::sha256_hex(chain_id)?;
-        let dir = self.root.join("layers").join(format!(
-            ".tmp-{}-{}",
-            &hex[..12],
-            unique_suffix()
-        ));
+        let dir = self
+            .root
+            .join("layers")
+            .join(format!(".tmp-{}-{}", &hex[..12], unique_suffix()));
         fs::create_dir(&dir).map_err(|e| Error::io("create", &dir, e))?;
         let diff = dir.join("diff");
         fs::create_dir(&diff).map_err(|e| Error::io("create", &diff, e))?;
@@ -244,7 +251,9 @@ impl Store {
     pub fn put_blob(&self, digest: &str, data: &[u8]) -> Result<()> {
         let path = self.blob_path(digest)?;
         if digest::sha256_of(data) != digest {
-            return Err(Error::DataLoss(format!("blob {digest}: content does not match")));
+            return Err(Error::DataLoss(format!(
+                "blob {digest}: content does not match"
+            )));
         }
         if path.exists() {
             return Ok(());
@@ -337,7 +346,9 @@ impl Store {
     pub fn resolve(&self, spec: &str) -> Result<Option<(ImageRecord, Match)>> {
         let spec = spec.trim();
         if spec.is_empty() {
-            return Err(Error::InvalidArgument("image reference is empty".to_string()));
+            return Err(Error::InvalidArgument(
+                "image reference is empty".to_string(),
+            ));
         }
         let st = self.lock();
         if reference::is_image_id(spec) {
@@ -431,10 +442,10 @@ impl Store {
             let dir = self.layer_dir(&chain)?;
             // Rename first so a crash mid-delete leaves a staging name, cleaned on open,
             // never a layer directory with missing files.
-            let doomed = self.root.join("layers").join(format!(
-                ".tmp-del-{}",
-                unique_suffix()
-            ));
+            let doomed = self
+                .root
+                .join("layers")
+                .join(format!(".tmp-del-{}", unique_suffix()));
             match fs::rename(&dir, &doomed) {
                 Ok(()) => fsutil::remove_all(&doomed)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -577,16 +588,28 @@ mod tests {
         let tag1 = "docker.io/library/x:1".to_string();
         let tag2 = "docker.io/library/x:2".to_string();
         store
-            .commit_image(a.clone(), Some(tag1.clone()), "docker.io/library/x@sha256:aa".into())
+            .commit_image(
+                a.clone(),
+                Some(tag1.clone()),
+                "docker.io/library/x@sha256:aa".into(),
+            )
             .unwrap();
         store
-            .commit_image(a.clone(), Some(tag2.clone()), "docker.io/library/x@sha256:aa".into())
+            .commit_image(
+                a.clone(),
+                Some(tag2.clone()),
+                "docker.io/library/x@sha256:aa".into(),
+            )
             .unwrap();
         let (img, _) = store.resolve("x:1").unwrap().unwrap();
         assert_eq!(img.repo_tags, vec![tag1.clone(), tag2.clone()]);
         // Moving tag 2 to image b leaves a with tag 1 only.
         store
-            .commit_image(b.clone(), Some(tag2.clone()), "docker.io/library/x@sha256:bb".into())
+            .commit_image(
+                b.clone(),
+                Some(tag2.clone()),
+                "docker.io/library/x@sha256:bb".into(),
+            )
             .unwrap();
         assert_eq!(store.resolve("x:1").unwrap().unwrap().0.id, a.id);
         assert_eq!(store.resolve("x:2").unwrap().unwrap().0.id, b.id);
@@ -643,7 +666,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert!(store.resolve("").is_err());
         assert!(store.resolve("foo/UPPER").is_err());
-        assert!(store.resolve(&"a".repeat(100_000)).is_err() || store.resolve(&"a".repeat(100_000)).unwrap().is_none());
+        assert!(
+            store.resolve(&"a".repeat(100_000)).is_err()
+                || store.resolve(&"a".repeat(100_000)).unwrap().is_none()
+        );
         assert!(store.resolve("busybox").unwrap().is_none());
         store.remove("busybox").unwrap();
         assert!(store.put_blob("sha256:../../x", b"").is_err());

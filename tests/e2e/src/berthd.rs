@@ -73,7 +73,10 @@ impl RegistryEntry {
         if let Some(l) = &self.location {
             s.push_str(&format!("location = {}\n", toml_str(l)));
         }
-        s.push_str(&format!("insecure = {}\nblocked = {}\n", self.insecure, self.blocked));
+        s.push_str(&format!(
+            "insecure = {}\nblocked = {}\n",
+            self.insecure, self.blocked
+        ));
         for m in &self.mirrors {
             s.push_str(&format!(
                 "\n[[registry.mirror]]\nlocation = {}\ninsecure = true\n",
@@ -207,7 +210,9 @@ impl Berthd {
     /// set things up first, e.g. a stale socket). Start it with [`Berthd::launch`].
     pub fn prepare(opts: BerthdOptions) -> Result<Berthd> {
         let binary = berthd_binary()?;
-        let dir = tempfile::Builder::new().prefix("berth-e2e-berthd-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-berthd-")
+            .tempdir()?;
         std::fs::create_dir_all(dir.path().join("root"))?;
         std::fs::create_dir_all(dir.path().join("state"))?;
         let metrics_addr = if opts.metrics {
@@ -291,7 +296,11 @@ impl Berthd {
             .create(true)
             .append(true)
             .open(self.log_path())?;
-        writeln!(log, "===== e2e harness: berthd start #{} =====", self.starts)?;
+        writeln!(
+            log,
+            "===== e2e harness: berthd start #{} =====",
+            self.starts
+        )?;
         let err: File = log.try_clone()?;
         let child = Command::new(&self.binary)
             .args(self.args())
@@ -315,26 +324,33 @@ impl Berthd {
         let socket = self.socket();
         let log = self.log_path();
         let child = self.child.as_mut().context("berthd is not running")?;
-        let r = poll_until(READY_TIMEOUT, "berthd to answer Version on its socket", || {
-            let exited = child.try_wait();
-            let socket = socket.clone();
-            let log = log.clone();
-            async move {
-                if let Ok(Some(status)) = exited {
-                    bail!("berthd exited during start-up ({status}); log tail:\n{}", tail_file(&log, 40));
+        let r = poll_until(
+            READY_TIMEOUT,
+            "berthd to answer Version on its socket",
+            || {
+                let exited = child.try_wait();
+                let socket = socket.clone();
+                let log = log.clone();
+                async move {
+                    if let Ok(Some(status)) = exited {
+                        bail!(
+                            "berthd exited during start-up ({status}); log tail:\n{}",
+                            tail_file(&log, 40)
+                        );
+                    }
+                    if !socket.exists() {
+                        return Ok(None);
+                    }
+                    let Ok(cri) = Cri::connect(&socket).await else {
+                        return Ok(None);
+                    };
+                    match cri.version().await {
+                        Ok(_) => Ok(Some(())),
+                        Err(s) => Err(anyhow::anyhow!("Version failed: {s:?}")),
+                    }
                 }
-                if !socket.exists() {
-                    return Ok(None);
-                }
-                let Ok(cri) = Cri::connect(&socket).await else {
-                    return Ok(None);
-                };
-                match cri.version().await {
-                    Ok(_) => Ok(Some(())),
-                    Err(s) => Err(anyhow::anyhow!("Version failed: {s:?}")),
-                }
-            }
-        })
+            },
+        )
         .await;
         r.with_context(|| format!("berthd log tail:\n{}", self.log_tail(40)))
     }
@@ -444,7 +460,10 @@ impl Berthd {
 
     /// `GET http://<metrics-address>/metrics`.
     pub async fn metrics(&self) -> Result<String> {
-        let addr = self.metrics_addr.as_deref().context("metrics not enabled")?;
+        let addr = self
+            .metrics_addr
+            .as_deref()
+            .context("metrics not enabled")?;
         let resp = http_client()
             .get(format!("http://{addr}/metrics"))
             .send()

@@ -29,9 +29,7 @@ pub async fn connect_channel(socket: &Path) -> Result<Channel> {
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move {
-                Ok::<_, std::io::Error>(TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
             }
         }))
         .await
@@ -65,7 +63,10 @@ pub fn auth_userpass(username: &str, password: &str) -> AuthConfig {
     }
 }
 
-async fn timed<T>(what: &str, fut: impl Future<Output = Result<tonic::Response<T>, Status>>) -> Result<T, Status> {
+async fn timed<T>(
+    what: &str,
+    fut: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(r) => r.map(tonic::Response::into_inner),
         Err(_) => Err(Status::new(
@@ -90,7 +91,13 @@ impl Cri {
     /// RuntimeService/Version.
     pub async fn version(&self) -> Result<VersionResponse, Status> {
         let mut c = self.runtime.clone();
-        timed("Version", c.version(VersionRequest { version: "v1".into() })).await
+        timed(
+            "Version",
+            c.version(VersionRequest {
+                version: "v1".into(),
+            }),
+        )
+        .await
     }
 
     /// RuntimeService/Status.
@@ -128,7 +135,11 @@ impl Cri {
     }
 
     /// ImageService/ImageStatus with the whole response.
-    pub async fn image_status_full(&self, image: &str, verbose: bool) -> Result<ImageStatusResponse, Status> {
+    pub async fn image_status_full(
+        &self,
+        image: &str,
+        verbose: bool,
+    ) -> Result<ImageStatusResponse, Status> {
         self.image_status_request(ImageStatusRequest {
             image: Some(spec(image)),
             verbose,
@@ -137,14 +148,18 @@ impl Cri {
     }
 
     /// ImageService/ImageStatus with a raw request.
-    pub async fn image_status_request(&self, req: ImageStatusRequest) -> Result<ImageStatusResponse, Status> {
+    pub async fn image_status_request(
+        &self,
+        req: ImageStatusRequest,
+    ) -> Result<ImageStatusResponse, Status> {
         let mut c = self.images.clone();
         timed("ImageStatus", c.image_status(req)).await
     }
 
     /// ImageService/ListImages without filter.
     pub async fn list_images(&self) -> Result<Vec<Image>, Status> {
-        self.list_images_request(ListImagesRequest { filter: None }).await
+        self.list_images_request(ListImagesRequest { filter: None })
+            .await
     }
 
     /// ImageService/ListImages filtered by image reference.

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Result, bail};
 
 use crate::image::{
-    Compression, Format, ImageBuilder, ImageIndex, Layer, LayerBuilder, Platform,
-    busybox_layer, pseudo_random_bytes,
+    Compression, Format, ImageBuilder, ImageIndex, Layer, LayerBuilder, Platform, busybox_layer,
+    pseudo_random_bytes,
 };
 use crate::push::{PushedImage, Pusher};
 
@@ -85,7 +85,7 @@ pub async fn multi_layer(p: &Pusher, repo: &str, tag: &str) -> Result<PushedImag
         .dir("home", 0o755)?
         .dir("home/e2e", 0o755)?
         .file_owned("home/e2e/owned", b"owned by 1234\n", 0o640, 1234, 1234)?
-        .hardlink("home/e2e/owned-link", "home/e2e/owned")?;
+        .hardlink_owned("home/e2e/owned-link", "home/e2e/owned", 0o640, 1234, 1234)?;
     let img = base(Format::Oci, "multi-layer")
         .layer(l0.finish(Compression::GZIP)?)
         .layer(l1.finish(Compression::GZIP)?)
@@ -115,9 +115,13 @@ pub async fn multi_arch(p: &Pusher, repo: &str, tag: &str, format: Format) -> Re
     let mut images = Vec::new();
     for platform in [Platform::amd64(), Platform::arm64()] {
         let mut marker = LayerBuilder::new();
-        marker.file("arch", format!("{}\n", platform.architecture).as_bytes(), 0o644)?;
+        marker.file(
+            "arch",
+            format!("{}\n", platform.architecture).as_bytes(),
+            0o644,
+        )?;
         images.push(
-            base(format, "multi-arch")
+            base(format, &format!("multi-arch-{format:?}"))
                 .platform(platform.clone())
                 .label("e2e.arch", &platform.architecture)
                 .layer(bb.clone())
@@ -190,7 +194,10 @@ pub fn build_random_layers(n: usize, bytes: usize, seed: u64) -> Result<Vec<Laye
         .collect();
     handles
         .into_iter()
-        .map(|h| h.join().map_err(|_| anyhow::anyhow!("layer thread panicked"))?)
+        .map(|h| {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("layer thread panicked"))?
+        })
         .collect()
 }
 
@@ -237,7 +244,9 @@ impl HostSentinel {
     /// Creates the directory (under /tmp, the same filesystem as the tests' berth root, so
     /// a hard link to the sentinel would be possible and would show in its link count).
     pub fn new() -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("berth-e2e-host-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-host-")
+            .tempdir()?;
         let sentinel = dir.path().join("sentinel");
         std::fs::write(&sentinel, SENTINEL_CONTENT)?;
         let ino = std::fs::metadata(&sentinel)?.ino();
@@ -343,7 +352,8 @@ pub async fn malicious(
 
     // Absolute symlink to the host dir, then a file written through it.
     let mut l = LayerBuilder::new();
-    l.symlink("evil", &h)?.file("evil/pwned", b"pwned\n", 0o644)?;
+    l.symlink("evil", &h)?
+        .file("evil/pwned", b"pwned\n", 0o644)?;
     cases.push(("symlink-abs", vec![l.finish(Compression::GZIP)?]));
 
     // Relative symlink climbing out, then a file and a directory written through it.
@@ -387,7 +397,10 @@ pub async fn malicious(
     upper.file("lower-evil/cross-pwned", b"pwned\n", 0o644)?;
     cases.push((
         "cross-layer-symlink",
-        vec![lower.finish(Compression::GZIP)?, upper.finish(Compression::GZIP)?],
+        vec![
+            lower.finish(Compression::GZIP)?,
+            upper.finish(Compression::GZIP)?,
+        ],
     ));
 
     let mut out = Vec::new();

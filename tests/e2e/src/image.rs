@@ -179,7 +179,10 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
 /// absolute paths allowed). Names up to 100 bytes only.
 fn set_raw_name(h: &mut tar::Header, name: &[u8]) -> Result<()> {
     let field = &mut h.as_old_mut().name;
-    anyhow::ensure!(name.len() <= field.len(), "raw tar name longer than 100 bytes");
+    anyhow::ensure!(
+        name.len() <= field.len(),
+        "raw tar name longer than 100 bytes"
+    );
     field.fill(0);
     field[..name.len()].copy_from_slice(name);
     Ok(())
@@ -228,9 +231,26 @@ impl LayerBuilder {
         Ok(self)
     }
 
-    /// Adds a hard link `path` to the earlier entry `target` (target written as given).
+    /// Adds a hard link `path` to the earlier entry `target` (target written as given),
+    /// with root owner and mode 0644 in its header.
     pub fn hardlink(&mut self, path: &str, target: &str) -> Result<&mut Self> {
-        let mut h = header(tar::EntryType::Link, 0o644, 0);
+        self.hardlink_owned(path, target, 0o644, 0, 0)
+    }
+
+    /// Adds a hard link whose header carries the given mode and owner. Real image builders
+    /// repeat the target's metadata in a link's header, and extractors (docker, containerd)
+    /// apply the link header's owner and mode to the inode, so fixtures should match them.
+    pub fn hardlink_owned(
+        &mut self,
+        path: &str,
+        target: &str,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+    ) -> Result<&mut Self> {
+        let mut h = header(tar::EntryType::Link, mode, 0);
+        h.set_uid(uid);
+        h.set_gid(gid);
         self.tar.append_link(&mut h, path, target)?;
         Ok(self)
     }
@@ -262,7 +282,12 @@ impl LayerBuilder {
     }
 
     /// Adds a link entry (`kind` symlink or hard link) with verbatim name and target.
-    pub fn raw_link(&mut self, kind: tar::EntryType, name: &str, target: &str) -> Result<&mut Self> {
+    pub fn raw_link(
+        &mut self,
+        kind: tar::EntryType,
+        name: &str,
+        target: &str,
+    ) -> Result<&mut Self> {
         let mut h = header(kind, 0o777, 0);
         set_raw_name(&mut h, name.as_bytes())?;
         h.set_link_name_literal(target.as_bytes())?;

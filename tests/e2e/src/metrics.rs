@@ -34,7 +34,11 @@ fn parse_line(line: &str) -> Option<Sample> {
     let (name, labels, rest) = match line.find('{') {
         Some(i) if line[..i].find(' ').is_none() => {
             let end = find_label_end(line, i)?;
-            (&line[..i], parse_labels(&line[i + 1..end])?, &line[end + 1..])
+            (
+                &line[..i],
+                parse_labels(&line[i + 1..end])?,
+                &line[end + 1..],
+            )
         }
         _ => {
             let sp = line.find(' ')?;
@@ -132,7 +136,10 @@ mod tests {
             weird{a=\"x,}y\\\"z\",b=\"2\"} 3 1700000000\n";
         let s = parse(text);
         assert_eq!(s.len(), 4);
-        assert_eq!(sum(&s, "berth_cri_requests_total", &[("method", "PullImage")]), 2.0);
+        assert_eq!(
+            sum(&s, "berth_cri_requests_total", &[("method", "PullImage")]),
+            2.0
+        );
         assert_eq!(s[2].value, 1500.0);
         assert_eq!(s[3].label("a"), Some("x,}y\"z"));
         assert_eq!(s[3].label("b"), Some("2"));

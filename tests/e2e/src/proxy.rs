@@ -171,7 +171,9 @@ impl Proxy {
         self.requests()
             .iter()
             .filter(|r| {
-                r.method == "GET" && r.path.ends_with(&suffix) && (r.status == 200 || r.status == 206)
+                r.method == "GET"
+                    && r.path.ends_with(&suffix)
+                    && (r.status == 200 || r.status == 206)
             })
             .count()
     }
@@ -196,7 +198,14 @@ impl Drop for Proxy {
     }
 }
 
-fn record(inner: &Inner, method: &Method, uri: &http::Uri, headers: &HeaderMap, status: u16, form: String) {
+fn record(
+    inner: &Inner,
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    status: u16,
+    form: String,
+) {
     let rec = RequestRecord {
         method: method.to_string(),
         path: uri.path().to_string(),
@@ -222,7 +231,14 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             .unwrap_or_default();
         let form = String::from_utf8_lossy(&body).to_string();
         let resp = token_endpoint(&inner, &method, &uri, &headers, &form);
-        record(&inner, &method, &uri, &headers, resp.status().as_u16(), form);
+        record(
+            &inner,
+            &method,
+            &uri,
+            &headers,
+            resp.status().as_u16(),
+            form,
+        );
         return resp;
     }
     if !path.starts_with("/v2") {
@@ -240,7 +256,14 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
         .await
         .unwrap_or_default();
     let resp = forward(&inner, &method, &uri, &headers, body).await;
-    record(&inner, &method, &uri, &headers, resp.status().as_u16(), String::new());
+    record(
+        &inner,
+        &method,
+        &uri,
+        &headers,
+        resp.status().as_u16(),
+        String::new(),
+    );
     resp
 }
 
@@ -261,7 +284,8 @@ fn challenge(inner: &Inner, repo: Option<&str>) -> Response {
     if let Some(r) = repo {
         value.push_str(&format!(",scope=\"repository:{r}:pull\""));
     }
-    let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#;
+    let body =
+        r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required","detail":null}]}"#;
     Response::builder()
         .status(StatusCode::UNAUTHORIZED)
         .header("Content-Type", "application/json")
@@ -327,9 +351,8 @@ fn token_endpoint(
     };
     let (params, ok) = if *method == Method::GET {
         let params = parse_form(uri.query().unwrap_or_default());
-        let ok = basic_credentials(headers).is_some_and(|(u, p)| {
-            u == auth.credentials.username && p == auth.credentials.password
-        });
+        let ok = basic_credentials(headers)
+            .is_some_and(|(u, p)| u == auth.credentials.username && p == auth.credentials.password);
         (params, ok)
     } else if *method == Method::POST {
         let params = parse_form(form);
@@ -489,7 +512,9 @@ async fn forward(
                 }
             }
             if is_blob {
-                inner.blob_bytes.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                inner
+                    .blob_bytes
+                    .fetch_add(chunk.len() as u64, Ordering::SeqCst);
             }
             Ok::<_, reqwest::Error>(chunk)
         }
@@ -516,9 +541,18 @@ mod tests {
 
     #[test]
     fn scopes() {
-        assert!(scope_allows_pull("repository:library/busybox:pull", "library/busybox"));
-        assert!(scope_allows_pull("repository:library/busybox:push,pull", "library/busybox"));
-        assert!(!scope_allows_pull("repository:library/other:pull", "library/busybox"));
+        assert!(scope_allows_pull(
+            "repository:library/busybox:pull",
+            "library/busybox"
+        ));
+        assert!(scope_allows_pull(
+            "repository:library/busybox:push,pull",
+            "library/busybox"
+        ));
+        assert!(!scope_allows_pull(
+            "repository:library/other:pull",
+            "library/busybox"
+        ));
         assert!(!scope_allows_pull("registry:catalog:*", "library/busybox"));
     }
 

@@ -107,7 +107,10 @@ impl PushedImage {
 
     /// Hex of the chain IDs (the expected `<root>/layers/<hex>` names).
     pub fn chain_id_hexes(&self) -> Vec<String> {
-        self.chain_ids.iter().map(|c| digest_hex(c).to_string()).collect()
+        self.chain_ids
+            .iter()
+            .map(|c| digest_hex(c).to_string())
+            .collect()
     }
 }
 
@@ -140,14 +143,20 @@ impl Pusher {
     /// `POST /v2/<name>/blobs/uploads/` + `PUT <location>&digest=...`.
     pub async fn push_blob(&self, repo: &str, digest: &str, data: &[u8]) -> Result<()> {
         let head = self
-            .auth(self.client.head(format!("{}/v2/{repo}/blobs/{digest}", self.base)))
+            .auth(
+                self.client
+                    .head(format!("{}/v2/{repo}/blobs/{digest}", self.base)),
+            )
             .send()
             .await?;
         if head.status() == 200 {
             return Ok(());
         }
         let resp = self
-            .auth(self.client.post(format!("{}/v2/{repo}/blobs/uploads/", self.base)))
+            .auth(
+                self.client
+                    .post(format!("{}/v2/{repo}/blobs/uploads/", self.base)),
+            )
             .header("Content-Length", "0")
             .send()
             .await
@@ -315,7 +324,11 @@ impl Pusher {
 
     /// `GET /v2/<repo>/manifests/<reference>` accepting every manifest type; returns
     /// (Content-Type, Docker-Content-Digest, body).
-    pub async fn get_manifest(&self, repo: &str, reference: &str) -> Result<(String, String, Vec<u8>)> {
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<(String, String, Vec<u8>)> {
         let resp = self
             .auth(
                 self.client
@@ -335,7 +348,10 @@ impl Pusher {
     /// `GET /v2/<repo>/blobs/<digest>`; returns the body.
     pub async fn get_blob(&self, repo: &str, digest: &str) -> Result<Vec<u8>> {
         let resp = self
-            .auth(self.client.get(format!("{}/v2/{repo}/blobs/{digest}", self.base)))
+            .auth(
+                self.client
+                    .get(format!("{}/v2/{repo}/blobs/{digest}", self.base)),
+            )
             .send()
             .await?;
         if resp.status() != 200 {

@@ -56,11 +56,15 @@ impl Registry {
                 Err(e) => last_err = Some(e),
             }
         }
-        Err(last_err.expect("at least one attempt").context("starting docker-registry"))
+        Err(last_err
+            .expect("at least one attempt")
+            .context("starting docker-registry"))
     }
 
     async fn try_start(opts: &RegistryOptions) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("berth-e2e-registry-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-registry-")
+            .tempdir()?;
         let port = free_port()?;
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage)?;
@@ -109,26 +113,30 @@ impl Registry {
         let client = http_client();
         let log = self.log_path();
         let child = self.child.as_mut().expect("child present while starting");
-        let ok = poll_until(Duration::from_secs(20), "docker-registry to answer GET /v2/", || {
-            let exited = child.try_wait();
-            let client = client.clone();
-            let url = url.clone();
-            let log = log.clone();
-            async move {
-                if let Ok(Some(status)) = exited {
-                    bail!(
-                        "docker-registry exited early ({status}); log:\n{}",
-                        tail_file(&log, 20)
-                    );
+        let ok = poll_until(
+            Duration::from_secs(20),
+            "docker-registry to answer GET /v2/",
+            || {
+                let exited = child.try_wait();
+                let client = client.clone();
+                let url = url.clone();
+                let log = log.clone();
+                async move {
+                    if let Ok(Some(status)) = exited {
+                        bail!(
+                            "docker-registry exited early ({status}); log:\n{}",
+                            tail_file(&log, 20)
+                        );
+                    }
+                    match client.get(&url).send().await {
+                        // 401 is "up" for a registry with auth.
+                        Ok(r) if r.status() == 200 || r.status() == 401 => Ok(Some(())),
+                        Ok(r) => bail!("GET /v2/ answered {}", r.status()),
+                        Err(_) => Ok(None),
+                    }
                 }
-                match client.get(&url).send().await {
-                    // 401 is "up" for a registry with auth.
-                    Ok(r) if r.status() == 200 || r.status() == 401 => Ok(Some(())),
-                    Ok(r) => bail!("GET /v2/ answered {}", r.status()),
-                    Err(_) => Ok(None),
-                }
-            }
-        })
+            },
+        )
         .await;
         if let Err(e) = ok {
             self.stop();
@@ -139,7 +147,10 @@ impl Registry {
         if let Some(c) = self.child.as_mut()
             && let Ok(Some(status)) = c.try_wait()
         {
-            bail!("docker-registry exited ({status}): {}", tail_file(&self.log_path(), 20));
+            bail!(
+                "docker-registry exited ({status}): {}",
+                tail_file(&self.log_path(), 20)
+            );
         }
         Ok(())
     }
@@ -197,7 +208,8 @@ impl Registry {
     /// Returns the original bytes so the test can restore them with [`Registry::write_blob`].
     pub fn corrupt_blob(&self, digest: &str, offset: usize) -> Result<Vec<u8>> {
         let path = self.blob_path(digest);
-        let original = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let original =
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         if original.is_empty() {
             bail!("blob {digest} is empty");
         }
@@ -276,7 +288,8 @@ impl Drop for Registry {
             let _ = child.kill();
             // kill() sent SIGKILL to our own child; reap it (bounded, in case of a zombie
             // reaper elsewhere).
-            let _ = poll_until_blocking(Duration::from_secs(10), || child.try_wait().ok().flatten());
+            let _ =
+                poll_until_blocking(Duration::from_secs(10), || child.try_wait().ok().flatten());
         }
     }
 }

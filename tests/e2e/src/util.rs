@@ -31,7 +31,9 @@ where
         }
         if Instant::now() >= deadline {
             return match last_err {
-                Some(e) => Err(e.context(format!("timed out after {timeout:?} waiting for {what}"))),
+                Some(e) => {
+                    Err(e.context(format!("timed out after {timeout:?} waiting for {what}")))
+                }
                 None => bail!("timed out after {timeout:?} waiting for {what}"),
             };
         }
@@ -41,10 +43,7 @@ where
 }
 
 /// Blocking variant of [`poll_until`] for code that is not async (e.g. `Drop`).
-pub fn poll_until_blocking<T>(
-    timeout: Duration,
-    mut f: impl FnMut() -> Option<T>,
-) -> Option<T> {
+pub fn poll_until_blocking<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     let mut interval = Duration::from_millis(5);
     loop {
@@ -126,7 +125,9 @@ pub fn walk(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in rd.flatten() {
             let path = entry.path();
             let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);

@@ -1,0 +1,332 @@
+//! Pod cgroups with the cgroupfs driver, on cgroup v1 (including the hybrid layout) and
+//! v2. berth creates only the directories that do not exist yet, remembers exactly those,
+//! and removes only those: cgroups that kubelet or anyone else made are never touched.
+//! Container cgroups below the pod's are created and removed by the OCI runtime.
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// The cgroup filesystem layout of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// cgroup v1: one mount per hierarchy (the hybrid layout's unified mount holds no
+    /// controllers and is ignored).
+    V1 {
+        /// Mount points of the v1 hierarchies.
+        hierarchies: Vec<PathBuf>,
+    },
+    /// cgroup v2 mounted at `root`.
+    V2 {
+        /// The unified hierarchy's mount point.
+        root: PathBuf,
+    },
+}
+
+/// Controllers berth enables for pods on v2 when the parent offers them.
+const V2_CONTROLLERS: &[&str] = &["cpuset", "cpu", "io", "memory", "hugetlb", "pids"];
+
+impl Layout {
+    /// Detects the host's layout from /proc/self/mountinfo.
+    pub fn detect() -> Result<Layout> {
+        let info = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| Error::io("read", Path::new("/proc/self/mountinfo"), e))?;
+        Layout::from_mountinfo(&info)
+    }
+
+    /// Parses a mountinfo text. Any v1 hierarchy means v1 (hybrid hosts mount an empty
+    /// cgroup2 at /sys/fs/cgroup/unified); otherwise a cgroup2 mount means v2.
+    pub fn from_mountinfo(info: &str) -> Result<Layout> {
+        let mut v1 = Vec::new();
+        let mut v2 = None;
+        for line in info.lines() {
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let mountpoint = match left.split(' ').nth(4) {
+                Some(m) => PathBuf::from(crate::sandbox::ns::unescape_mountinfo(m)),
+                None => continue,
+            };
+            match right.split(' ').next() {
+                Some("cgroup") => {
+                    if !v1.contains(&mountpoint) {
+                        v1.push(mountpoint);
+                    }
+                }
+                Some("cgroup2") if v2.is_none() => v2 = Some(mountpoint),
+                _ => {}
+            }
+        }
+        if !v1.is_empty() {
+            return Ok(Layout::V1 { hierarchies: v1 });
+        }
+        match v2 {
+            Some(root) => Ok(Layout::V2 { root }),
+            None => Err(Error::Internal(
+                "no cgroup filesystem is mounted".to_string(),
+            )),
+        }
+    }
+
+    /// Creates the cgroup `path` (e.g. `/kubepods/besteffort/pod<uid>`) in every hierarchy
+    /// and returns the directories this call created, parents first.
+    pub fn create(&self, path: &str) -> Result<Vec<PathBuf>> {
+        let rel = relative(path)?;
+        let mut created = Vec::new();
+        let result = match self {
+            Layout::V1 { hierarchies } => hierarchies
+                .iter()
+                .try_for_each(|h| create_v1(h, &rel, &mut created)),
+            Layout::V2 { root } => create_v2(root, &rel, &mut created),
+        };
+        if let Err(e) = result {
+            remove(&created);
+            return Err(e);
+        }
+        Ok(created)
+    }
+
+    /// The directories of cgroup `path` in every hierarchy.
+    pub fn dirs(&self, path: &str) -> Result<Vec<PathBuf>> {
+        let rel = relative(path)?;
+        Ok(match self {
+            Layout::V1 { hierarchies } => hierarchies.iter().map(|h| h.join(&rel)).collect(),
+            Layout::V2 { root } => vec![root.join(&rel)],
+        })
+    }
+
+    /// The file reporting OOM kills of cgroup `path`: v1 `memory.oom_control`, v2
+    /// `memory.events` (both carry an `oom_kill N` line).
+    pub fn oom_file(&self, path: &str) -> Result<Option<PathBuf>> {
+        let rel = relative(path)?;
+        Ok(match self {
+            Layout::V1 { hierarchies } => hierarchies
+                .iter()
+                .find(|h| {
+                    h.file_name()
+                        .is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == "memory"))
+                })
+                .map(|h| h.join(&rel).join("memory.oom_control")),
+            Layout::V2 { root } => Some(root.join(&rel).join("memory.events")),
+        })
+    }
+}
+
+/// A cgroup path as a relative path with no `..`, so it cannot leave the hierarchy.
+fn relative(path: &str) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "cgroup path {path:?} must not contain '..'"
+                )));
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "cgroup path {path:?} names the root cgroup"
+        )));
+    }
+    Ok(out)
+}
+
+fn mkdir_new(dir: &Path, created: &mut Vec<PathBuf>) -> Result<bool> {
+    match fs::create_dir(dir) {
+        Ok(()) => {
+            created.push(dir.to_path_buf());
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io("create cgroup", dir, e)),
+    }
+}
+
+fn create_v1(hierarchy: &Path, rel: &Path, created: &mut Vec<PathBuf>) -> Result<()> {
+    let is_cpuset = hierarchy
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == "cpuset"));
+    let mut cur = hierarchy.to_path_buf();
+    for part in rel.components() {
+        let parent = cur.clone();
+        cur.push(part);
+        if mkdir_new(&cur, created)? && is_cpuset {
+            // A new v1 cpuset starts with no CPUs or memory nodes; no task can join it
+            // until they are copied from the parent.
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                let v = fs::read_to_string(parent.join(f)).unwrap_or_default();
+                if !v.trim().is_empty() {
+                    fs::write(cur.join(f), v.trim())
+                        .map_err(|e| Error::io("write", &cur.join(f), e))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn create_v2(root: &Path, rel: &Path, created: &mut Vec<PathBuf>) -> Result<()> {
+    let mut cur = root.to_path_buf();
+    for part in rel.components() {
+        enable_controllers(&cur)?;
+        cur.push(part);
+        mkdir_new(&cur, created)?;
+    }
+    Ok(())
+}
+
+/// Enables in `dir`'s subtree the pod controllers that `dir` itself has.
+fn enable_controllers(dir: &Path) -> Result<()> {
+    let available = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let enabled = fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    let missing: Vec<String> = V2_CONTROLLERS
+        .iter()
+        .filter(|c| available.split_whitespace().any(|a| a == **c))
+        .filter(|c| !enabled.split_whitespace().any(|a| a == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let file = dir.join("cgroup.subtree_control");
+    fs::write(&file, missing.join(" ")).map_err(|e| Error::io("write", &file, e))
+}
+
+/// Removes directories `create` made, deepest first; busy or vanished ones are skipped.
+pub fn remove(created: &[PathBuf]) {
+    for dir in created.iter().rev() {
+        match fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %dir.display(), error = %e, "remove cgroup"),
+        }
+    }
+}
+
+/// Reads the `oom_kill` counter from a v1 memory.oom_control or v2 memory.events file.
+pub fn oom_kills(file: &Path) -> u64 {
+    fs::read_to_string(file)
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse().ok())
+            })
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const UNIFIED: &str = "30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate
+";
+
+    #[test]
+    fn detects_layouts() {
+        match Layout::from_mountinfo(HYBRID).unwrap() {
+            Layout::V1 { hierarchies } => assert_eq!(hierarchies.len(), 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            Layout::from_mountinfo(UNIFIED).unwrap(),
+            Layout::V2 {
+                root: PathBuf::from("/sys/fs/cgroup")
+            }
+        );
+        assert!(Layout::from_mountinfo("").is_err());
+    }
+
+    #[test]
+    fn rejects_escaping_paths() {
+        let l = Layout::V2 {
+            root: PathBuf::from("/nonexistent"),
+        };
+        assert!(l.create("/a/../../etc").is_err());
+        assert!(l.create("/").is_err());
+    }
+
+    #[test]
+    fn v2_fixture_creates_enables_and_removes_only_new_dirs() {
+        let root = tempfile::tempdir().unwrap();
+        fs::write(
+            root.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        fs::write(root.path().join("cgroup.subtree_control"), "cpu\n").unwrap();
+        // kubelet's parent exists already and must survive removal.
+        let kubepods = root.path().join("kubepods");
+        fs::create_dir(&kubepods).unwrap();
+        fs::write(kubepods.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        fs::write(kubepods.join("cgroup.subtree_control"), "").unwrap();
+        let layout = Layout::V2 {
+            root: root.path().to_path_buf(),
+        };
+        let created = layout.create("/kubepods/pod1").unwrap();
+        assert_eq!(created, vec![kubepods.join("pod1")]);
+        let sc = fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap();
+        assert_eq!(sc, "+cpuset +io +memory +pids");
+        let sc = fs::read_to_string(kubepods.join("cgroup.subtree_control")).unwrap();
+        assert_eq!(sc, "+cpu +memory +pids");
+        assert_eq!(
+            layout.oom_file("/kubepods/pod1").unwrap().unwrap(),
+            kubepods.join("pod1/memory.events")
+        );
+        remove(&created);
+        assert!(!kubepods.join("pod1").exists());
+        assert!(kubepods.exists());
+    }
+
+    #[test]
+    fn oom_counter_parses_both_formats() {
+        let d = tempfile::tempdir().unwrap();
+        let v1 = d.path().join("oom_control");
+        fs::write(&v1, "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+        assert_eq!(oom_kills(&v1), 2);
+        let v2 = d.path().join("events");
+        fs::write(
+            &v2,
+            "low 0\nhigh 0\nmax 1\noom 1\noom_kill 1\noom_group_kill 0\n",
+        )
+        .unwrap();
+        assert_eq!(oom_kills(&v2), 1);
+        assert_eq!(oom_kills(&d.path().join("missing")), 0);
+    }
+
+    #[test]
+    fn v1_host_creates_and_removes_own_cgroup() {
+        let layout = Layout::detect().unwrap();
+        let Layout::V1 { .. } = layout else {
+            println!("skipping: host cgroups are not v1");
+            return;
+        };
+        let name = format!("/berth-test-{}", std::process::id());
+        let created = layout.create(&format!("{name}/pod")).unwrap();
+        assert!(!created.is_empty());
+        for d in layout.dirs(&format!("{name}/pod")).unwrap() {
+            assert!(d.is_dir(), "{}", d.display());
+        }
+        let cpuset = PathBuf::from("/sys/fs/cgroup/cpuset")
+            .join(&name[1..])
+            .join("pod/cpuset.cpus");
+        if cpuset.exists() {
+            assert!(!fs::read_to_string(&cpuset).unwrap().trim().is_empty());
+        }
+        remove(&created);
+        for d in layout.dirs(&name).unwrap() {
+            assert!(!d.exists(), "{}", d.display());
+        }
+    }
+}

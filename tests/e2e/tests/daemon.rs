@@ -1,0 +1,329 @@
+//! berthd as a process: RuntimeService basics, the socket (mode, owner, stale file,
+//! removal on SIGTERM), flags, and Prometheus metrics.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use e2e::berthd::run_berthd_once;
+use e2e::cri_api::{CgroupDriver, CheckpointContainerRequest, RuntimeConfigRequest};
+use e2e::metrics;
+use e2e::{Berthd, BerthdOptions, Code, Format, Registry, fixtures};
+
+const GRPC_CODE_NAMES: &[&str] = &[
+    "Cancelled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn version_status_and_runtime_config() -> Result<()> {
+    let berthd = Berthd::start(BerthdOptions::default()).await?;
+    let cri = berthd.cri().await?;
+
+    let v = cri.version().await?;
+    assert_eq!(v.runtime_name, "berth");
+    assert_eq!(v.runtime_api_version, "v1");
+    assert!(!v.runtime_version.is_empty(), "runtime_version is set");
+    assert!(!v.version.is_empty(), "version is set");
+
+    let s = cri.status(false).await?;
+    let conditions = s.status.expect("status").conditions;
+    let runtime = conditions
+        .iter()
+        .find(|c| c.r#type == "RuntimeReady")
+        .expect("RuntimeReady condition");
+    assert!(runtime.status, "RuntimeReady is true: {runtime:?}");
+    let network = conditions
+        .iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .expect("NetworkReady condition");
+    assert!(
+        !network.status,
+        "NetworkReady is false until networking exists"
+    );
+    assert!(
+        !network.reason.is_empty(),
+        "NetworkReady=false carries a reason"
+    );
+
+    let mut rt = cri.runtime.clone();
+    let rc = rt
+        .runtime_config(RuntimeConfigRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(
+        rc.linux.expect("linux runtime config").cgroup_driver,
+        CgroupDriver::Cgroupfs as i32
+    );
+
+    // An RPC of a later issue: an error status (Unimplemented for now; a later
+    // implementation will reject the empty ID), never OK, never a crash.
+    let err = rt
+        .checkpoint_container(CheckpointContainerRequest::default())
+        .await
+        .expect_err("CheckpointContainer with an empty request must fail");
+    assert!(
+        matches!(
+            err.code(),
+            Code::Unimplemented | Code::InvalidArgument | Code::NotFound
+        ),
+        "{err:?}"
+    );
+    cri.version().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_is_0660_root_owned() -> Result<()> {
+    let berthd = Berthd::start(BerthdOptions::default()).await?;
+    let meta = std::fs::symlink_metadata(berthd.socket())?;
+    assert!(
+        meta.file_type().is_socket(),
+        "{:?} is a socket",
+        berthd.socket()
+    );
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o660,
+        "socket mode {:o}",
+        meta.mode() & 0o7777
+    );
+    assert_eq!(meta.uid(), 0, "socket owner");
+    assert_eq!(meta.gid(), 0, "socket group");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stale_socket_from_a_crash_is_replaced() -> Result<()> {
+    // A socket file nobody listens on, as a crash leaves it.
+    let mut berthd = Berthd::prepare(BerthdOptions::default())?;
+    {
+        let l = std::os::unix::net::UnixListener::bind(berthd.socket())?;
+        drop(l);
+    }
+    assert!(berthd.socket().exists());
+    berthd.launch().await?;
+    berthd.cri().await?.version().await?;
+
+    // And after a real crash (kill -9), a restart on the same dirs works too.
+    berthd.kill9()?;
+    berthd.restart().await?;
+    let cri = berthd.cri().await?;
+    assert_eq!(cri.version().await?.runtime_name, "berth");
+    let meta = std::fs::symlink_metadata(berthd.socket())?;
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_exits_zero_and_removes_the_socket() -> Result<()> {
+    let mut berthd = Berthd::start(BerthdOptions::default()).await?;
+    // An open client connection must not keep berthd from stopping.
+    let cri = berthd.cri().await?;
+    cri.version().await?;
+    let start = Instant::now();
+    berthd.sigterm()?;
+    let status = berthd.wait_exit(Duration::from_secs(15)).await?;
+    assert!(
+        status.success(),
+        "berthd exit status after SIGTERM: {status}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(12),
+        "shutdown took {:?}",
+        start.elapsed()
+    );
+    assert!(!berthd.socket().exists(), "socket removed on shutdown");
+    drop(cri);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_also_shuts_down_cleanly() -> Result<()> {
+    let mut berthd = Berthd::start(BerthdOptions::default()).await?;
+    berthd.signal(nix::sys::signal::Signal::SIGINT)?;
+    let status = berthd.wait_exit(Duration::from_secs(15)).await?;
+    assert!(status.success(), "exit status after SIGINT: {status}");
+    assert!(!berthd.socket().exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn print_default_config_is_usable() -> Result<()> {
+    let out = run_berthd_once(&["--print-default-config"], Duration::from_secs(15)).await?;
+    assert!(out.status.success(), "exit status {}", out.status);
+    let text = String::from_utf8(out.stdout)?;
+    assert!(text.contains("[image]"), "default config:\n{text}");
+    assert!(text.contains('#'), "the default config is commented");
+
+    // berthd itself accepts what it printed (flags override root/state/socket).
+    let mut berthd = Berthd::prepare(BerthdOptions::default())?;
+    std::fs::write(berthd.config_path(), &text)?;
+    berthd.launch().await?;
+    berthd.cri().await?.version().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_explicit_config_is_an_error_naming_the_path() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let missing = dir.path().join("does-not-exist/berth.toml");
+    let root = dir.path().join("root");
+    let state = dir.path().join("state");
+    let out = run_berthd_once(
+        &[
+            "--config",
+            missing.to_str().expect("utf-8"),
+            "--root",
+            root.to_str().expect("utf-8"),
+            "--state",
+            state.to_str().expect("utf-8"),
+        ],
+        Duration::from_secs(15),
+    )
+    .await?;
+    assert!(
+        !out.status.success(),
+        "berthd must fail with a missing --config"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(missing.to_str().expect("utf-8")),
+        "stderr must name the missing file: {stderr}"
+    );
+    assert!(!state.join("berth.sock").exists());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_config_is_an_error() -> Result<()> {
+    let mut berthd = Berthd::prepare(BerthdOptions::default())?;
+    std::fs::write(berthd.config_path(), "[image\nthis is = not toml ]]\n")?;
+    berthd.spawn()?;
+    let status = berthd.wait_exit(Duration::from_secs(15)).await?;
+    assert!(!status.success(), "berthd must refuse a broken config");
+    let log = std::fs::read_to_string(berthd.log_path())?;
+    assert!(
+        log.contains(berthd.config_path().to_str().expect("utf-8")),
+        "the error names the config file:\n{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_errors_and_pulls() -> Result<()> {
+    let reg = Registry::start().await?;
+    let img = fixtures::busybox(
+        &reg.pusher(),
+        "library/busybox",
+        &["latest"],
+        Format::Oci,
+        "metrics",
+    )
+    .await?;
+    let berthd = Berthd::start(BerthdOptions::with_registry(&reg.addr()).metrics()).await?;
+    let cri = berthd.cri().await?;
+
+    let id = cri.pull("busybox").await?;
+    assert_eq!(id, img.id());
+    cri.version().await?;
+    // A failing call: ImageStatus with no image spec at all.
+    let err = cri
+        .image_status_request(e2e::cri_api::ImageStatusRequest {
+            image: None,
+            verbose: false,
+        })
+        .await
+        .expect_err("ImageStatus without an image spec must fail");
+    let failed_code = format!("{:?}", err.code());
+
+    let text = berthd.metrics().await?;
+    let samples = metrics::parse(&text);
+    let ctx = || format!("metrics:\n{text}");
+
+    assert!(
+        metrics::sum(
+            &samples,
+            "berth_cri_requests_total",
+            &[("method", "PullImage")]
+        ) >= 1.0,
+        "PullImage request counted; {}",
+        ctx()
+    );
+    assert!(
+        metrics::sum(
+            &samples,
+            "berth_cri_requests_total",
+            &[("method", "Version")]
+        ) >= 1.0,
+        "Version request counted; {}",
+        ctx()
+    );
+    let buckets = metrics::find(
+        &samples,
+        "berth_cri_request_duration_seconds_bucket",
+        &[("method", "PullImage")],
+    );
+    assert!(!buckets.is_empty(), "latency histogram buckets; {}", ctx());
+    assert!(
+        buckets
+            .iter()
+            .any(|b| b.label("le") == Some("+Inf") && b.value >= 1.0),
+        "+Inf bucket counts the pull; {}",
+        ctx()
+    );
+    assert!(
+        metrics::sum(&samples, "berth_image_pull_bytes_total", &[]) > 0.0,
+        "pull bytes counted; {}",
+        ctx()
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.name.starts_with("berth_image_pull_duration_seconds")),
+        "pull duration recorded; {}",
+        ctx()
+    );
+    let errors = metrics::find(
+        &samples,
+        "berth_cri_errors_total",
+        &[("method", "ImageStatus")],
+    );
+    assert!(!errors.is_empty(), "ImageStatus error counted; {}", ctx());
+    for e in &errors {
+        let code = e.label("code").expect("code label");
+        assert!(
+            GRPC_CODE_NAMES.contains(&code),
+            "code label {code:?} is a gRPC code name"
+        );
+    }
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.label("code") == Some(failed_code.as_str()) && e.value >= 1.0),
+        "error series with code={failed_code}; {}",
+        ctx()
+    );
+    // Successful calls add no error series.
+    assert_eq!(
+        metrics::sum(&samples, "berth_cri_errors_total", &[("method", "Version")]),
+        0.0,
+        "{}",
+        ctx()
+    );
+    Ok(())
+}

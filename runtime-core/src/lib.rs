@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod image;
+pub mod ociruntime;
 pub mod sandbox;
 
 pub use error::{Error, ErrorKind, Result};

@@ -252,6 +252,15 @@ impl Registry {
             .count()
     }
 
+    /// Number of GET requests for manifests or blobs (anything but the `/v2/` ping): what a
+    /// pull makes. Pushes (HEAD, POST, PUT) are not counted.
+    pub fn content_gets(&self) -> usize {
+        self.access_log()
+            .iter()
+            .filter(|(m, p, _)| m == "GET" && (p.contains("/manifests/") || p.contains("/blobs/")))
+            .count()
+    }
+
     /// Pushes are made through [`Registry::pusher`]; this is a shortcut for tests.
     pub fn temp_dir(&self) -> &Path {
         self.dir.path()

@@ -1,0 +1,307 @@
+//! Driving an OCI runtime (runc, crun) through its command line: create (run by the pod
+//! monitor, see `monitor`), start, state, kill, delete, exec, update. Every call gets a
+//! JSON `--log` file so a failure's message is the runtime's own words.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use crate::{Error, Result};
+
+/// One configured OCI runtime (a runtime handler).
+#[derive(Debug, Clone)]
+pub struct OciRuntime {
+    /// Handler name (`runc`).
+    pub name: String,
+    /// Binary.
+    pub path: PathBuf,
+    /// The runtime's state root (`--root`).
+    pub root: PathBuf,
+}
+
+/// What `state` reports.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct RuntimeState {
+    /// `created`, `running`, `paused`, `stopped`.
+    pub status: String,
+    /// Init pid (0 when stopped).
+    #[serde(default)]
+    pub pid: i32,
+}
+
+/// Output of a finished exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Captured stdout.
+    pub stdout: Vec<u8>,
+    /// Captured stderr.
+    pub stderr: Vec<u8>,
+    /// Exit code (128 + signal when killed).
+    pub exit_code: i32,
+}
+
+/// Most output ExecSync keeps per stream, as kubelet's limit for exec probes is 16 MiB.
+const MAX_EXEC_OUTPUT: usize = 16 << 20;
+
+impl OciRuntime {
+    fn base(&self, log: &Path) -> Command {
+        let mut c = Command::new(&self.path);
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(log)
+            .arg("--log-format")
+            .arg("json")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// The argv of `create`, which the pod monitor runs so that it becomes the parent of the
+    /// container's init.
+    pub fn create_argv(&self, id: &str, bundle: &Path, pid_file: &Path, log: &Path) -> Vec<String> {
+        vec![
+            self.path.display().to_string(),
+            "--root".into(),
+            self.root.display().to_string(),
+            "--log".into(),
+            log.display().to_string(),
+            "--log-format".into(),
+            "json".into(),
+            "create".into(),
+            "--bundle".into(),
+            bundle.display().to_string(),
+            "--pid-file".into(),
+            pid_file.display().to_string(),
+            id.into(),
+        ]
+    }
+
+    async fn run(&self, what: &str, id: &str, log: &Path, args: &[&str]) -> Result<Vec<u8>> {
+        let out = self
+            .base(log)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .map_err(|e| Error::Internal(format!("run {} {what}: {e}", self.path.display())))?;
+        if out.status.success() {
+            return Ok(out.stdout);
+        }
+        Err(Error::Internal(format!(
+            "{} {what} {id}: {}",
+            self.name,
+            failure_message(log, &out.stderr, out.status.code())
+        )))
+    }
+
+    /// `start`: runs the created container's process.
+    pub async fn start(&self, id: &str, log: &Path) -> Result<()> {
+        self.run("start", id, log, &["start", id]).await.map(drop)
+    }
+
+    /// `kill`: sends `signal` to the init (or every process with `all`).
+    pub async fn kill(&self, id: &str, log: &Path, signal: i32, all: bool) -> Result<()> {
+        let sig = signal.to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, sig.as_str()]);
+        self.run("kill", id, log, &args).await.map(drop)
+    }
+
+    /// `delete --force`; a container the runtime does not know is not an error.
+    pub async fn delete(&self, id: &str, log: &Path) -> Result<()> {
+        match self
+            .run("delete", id, log, &["delete", "--force", id])
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.to_string().contains("does not exist")
+                    || e.to_string().contains("not found") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `state`; `None` when the runtime does not know the container.
+    pub async fn state(&self, id: &str, log: &Path) -> Result<Option<RuntimeState>> {
+        match self.run("state", id, log, &["state", id]).await {
+            Ok(out) => serde_json::from_slice(&out)
+                .map(Some)
+                .map_err(|e| Error::Internal(format!("{} state {id}: {e}", self.name))),
+            Err(e)
+                if e.to_string().contains("does not exist")
+                    || e.to_string().contains("not found") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `update --resources FILE`: applies new resource limits to a running container.
+    pub async fn update(&self, id: &str, log: &Path, resources_file: &Path) -> Result<()> {
+        let file = resources_file.display().to_string();
+        self.run("update", id, log, &["update", "--resources", &file, id])
+            .await
+            .map(drop)
+    }
+
+    /// Runs `cmd` in the container and collects its output; after `timeout` the process is
+    /// killed and DeadlineExceeded returned.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        log: &Path,
+        pid_file: &Path,
+        cmd: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput> {
+        let mut c = self.base(log);
+        c.arg("exec").arg("--pid-file").arg(pid_file).arg(id);
+        c.args(cmd);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c
+            .spawn()
+            .map_err(|e| Error::Internal(format!("run {} exec: {e}", self.path.display())))?;
+        let mut stdout = child.stdout.take();
+        let mut stderr = child.stderr.take();
+        let read_all = async {
+            let (mut o, mut e) = (Vec::new(), Vec::new());
+            let ro = async {
+                if let Some(s) = stdout.as_mut() {
+                    let _ = s.take(MAX_EXEC_OUTPUT as u64).read_to_end(&mut o).await;
+                }
+            };
+            let re = async {
+                if let Some(s) = stderr.as_mut() {
+                    let _ = s.take(MAX_EXEC_OUTPUT as u64).read_to_end(&mut e).await;
+                }
+            };
+            tokio::join!(ro, re);
+            let status = child.wait().await;
+            (o, e, status)
+        };
+        let finished = match timeout {
+            Some(t) => tokio::time::timeout(t, read_all).await.ok(),
+            None => Some(read_all.await),
+        };
+        let Some((stdout, stderr, status)) = finished else {
+            // The exec'd process is not our child (runc forks it into the container), so
+            // kill it by the pid runc recorded; runc exec then exits too.
+            if let Some(pid) = std::fs::read_to_string(pid_file)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+                .filter(|p| *p > 0)
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = std::fs::remove_file(pid_file);
+            return Err(Error::DeadlineExceeded(format!(
+                "command {cmd:?} in container {id} timed out after {}s",
+                timeout.map(|t| t.as_secs()).unwrap_or(0)
+            )));
+        };
+        let _ = std::fs::remove_file(pid_file);
+        let status = status.map_err(|e| Error::Internal(format!("wait for exec: {e}")))?;
+        let exit_code = match status.code() {
+            Some(c) => c,
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                128 + status.signal().unwrap_or(0)
+            }
+        };
+        // runc exits 255 with its own message in the log when it could not start the
+        // process (e.g. the command does not exist); that is the exec's failure, reported
+        // like containerd does: as the output of a failed command.
+        if exit_code == 255 && stdout.is_empty() {
+            let msg = failure_message(log, &stderr, Some(255));
+            return Ok(ExecOutput {
+                stdout,
+                stderr: msg.into_bytes(),
+                exit_code: 126,
+            });
+        }
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            exit_code,
+        })
+    }
+}
+
+/// The runtime's error: the last `error`-level message of its JSON log, else its stderr.
+pub fn failure_message(log: &Path, stderr: &[u8], code: Option<i32>) -> String {
+    if let Ok(text) = std::fs::read_to_string(log) {
+        let msg = text
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
+            .and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string));
+        if let Some(m) = msg {
+            return m;
+        }
+    }
+    let s = String::from_utf8_lossy(stderr).trim().to_string();
+    if s.is_empty() {
+        format!("exited with code {}", code.unwrap_or(-1))
+    } else {
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_message_prefers_log_error() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("log.json");
+        std::fs::write(
+            &log,
+            "{\"level\":\"warning\",\"msg\":\"w\"}\n{\"level\":\"error\",\"msg\":\"exec: \\\"nope\\\": executable file not found in $PATH\"}\n",
+        )
+        .unwrap();
+        assert!(failure_message(&log, b"x", Some(1)).contains("executable file not found"));
+        assert_eq!(
+            failure_message(&d.path().join("none"), b" boom \n", Some(1)),
+            "boom"
+        );
+        assert_eq!(
+            failure_message(&d.path().join("none"), b"", Some(3)),
+            "exited with code 3"
+        );
+    }
+
+    #[test]
+    fn create_argv_shape() {
+        let r = OciRuntime {
+            name: "runc".into(),
+            path: "/usr/sbin/runc".into(),
+            root: "/run/berth/runc".into(),
+        };
+        let argv = r.create_argv(
+            "c1",
+            Path::new("/b"),
+            Path::new("/b/pid"),
+            Path::new("/b/log"),
+        );
+        assert_eq!(argv[0], "/usr/sbin/runc");
+        assert_eq!(argv.last().unwrap(), "c1");
+        assert!(argv.windows(2).any(|w| w[0] == "--bundle" && w[1] == "/b"));
+    }
+}

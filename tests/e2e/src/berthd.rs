@@ -352,7 +352,7 @@ impl Berthd {
             },
         )
         .await;
-        r.with_context(|| format!("berthd log tail:\n{}", self.log_tail(40)))
+        r.with_context(|| format!("berthd log tail:\n{}", self.log_tail_filtered(40)))
     }
 
     /// Stops and restarts berthd on the same dirs (SIGKILL if it is still running).
@@ -453,6 +453,27 @@ impl Berthd {
         tail_file(&self.log_path(), lines)
     }
 
+    /// The last `lines` lines of the log without the HTTP/2 and transport frame chatter
+    /// that `--log-level debug` produces.
+    pub fn log_tail_filtered(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                ![
+                    "h2::",
+                    "hyper::",
+                    "hyper_util::",
+                    "tonic::transport",
+                    "tower::buffer",
+                ]
+                .iter()
+                .any(|noise| l.contains(noise))
+            })
+            .collect();
+        kept[kept.len().saturating_sub(lines)..].join("\n")
+    }
+
     /// `host:port` of the metrics endpoint, if enabled.
     pub fn metrics_addr(&self) -> Option<&str> {
         self.metrics_addr.as_deref()
@@ -500,13 +521,14 @@ impl Berthd {
 
 impl Drop for Berthd {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- berthd log tail ({}) ----\n{}\n---- end of berthd log ----",
-                self.log_path().display(),
-                self.log_tail(80)
-            );
-        }
+        // Printed on every drop: the test harness captures it and shows it only for failing
+        // tests (whether they panicked or returned an error).
+        let lines = if std::thread::panicking() { 80 } else { 40 };
+        eprintln!(
+            "---- berthd log tail ({}, transport chatter filtered) ----\n{}\n---- end of berthd log ----",
+            self.log_path().display(),
+            self.log_tail_filtered(lines)
+        );
         if let Some(mut child) = self.child.take() {
             let pid = Pid::from_raw(child.id() as i32);
             // Graceful first (lets berthd clean up), then SIGKILL.

@@ -26,6 +26,9 @@ pub async fn connect_channel(socket: &Path) -> Result<Channel> {
     let path: PathBuf = socket.to_path_buf();
     let channel = Endpoint::try_from("http://[::]:50051")?
         .connect_timeout(Duration::from_secs(5))
+        // As grpc-go (kubelet, crictl) does: accept response headers up to 16 MiB, so a
+        // long grpc-message (e.g. one echoing a huge reference) does not kill the connection.
+        .http2_max_header_list_size(16 << 20)
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move {

@@ -11,10 +11,10 @@ use anyhow::{Context, Result, bail};
 
 /// Polls `f` until it returns `Ok(Some(v))`, and returns `v`.
 ///
-/// `f` returning `Ok(None)` means "not yet"; an `Err` is remembered and reported if the
-/// deadline passes. Between attempts the poll waits a short, growing interval (starting at
-/// 10 ms, capped at 200 ms), so the wait always ends at most `timeout` (plus one attempt)
-/// after the start.
+/// `f` returning `Ok(None)` means "not yet"; an `Err` ends the wait at once with that error
+/// (for conditions that can no longer come true, e.g. the process died). Between attempts
+/// the poll waits a short, growing interval (starting at 10 ms, capped at 200 ms), so the
+/// wait ends at most `timeout` (plus one attempt) after the start.
 pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -22,20 +22,12 @@ where
 {
     let deadline = Instant::now() + timeout;
     let mut interval = Duration::from_millis(10);
-    let mut last_err: Option<anyhow::Error> = None;
     loop {
-        match f().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
+        if let Some(v) = f().await? {
+            return Ok(v);
         }
         if Instant::now() >= deadline {
-            return match last_err {
-                Some(e) => {
-                    Err(e.context(format!("timed out after {timeout:?} waiting for {what}")))
-                }
-                None => bail!("timed out after {timeout:?} waiting for {what}"),
-            };
+            bail!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(interval).await;
         interval = (interval * 2).min(Duration::from_millis(200));

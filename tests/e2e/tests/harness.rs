@@ -511,3 +511,39 @@ fn credentials_encode_like_docker() {
     assert_eq!(c.auth_b64(), "YWxpY2U6czNjcmV0");
     assert_eq!(c.basic_header(), "Basic YWxpY2U6czNjcmV0");
 }
+
+#[test]
+fn host_sentinel_detects_every_kind_of_escape() -> Result<()> {
+    let h = HostSentinel::new()?;
+    h.check()?;
+    std::fs::write(h.dir().join("pwned"), b"x")?;
+    assert!(h.check().is_err(), "a new file is detected");
+    std::fs::remove_file(h.dir().join("pwned"))?;
+    h.check()?;
+
+    let other = tempfile::tempdir()?;
+    let link = other.path().join("hl");
+    std::fs::hard_link(h.sentinel(), &link)?;
+    assert!(
+        h.check().is_err(),
+        "a hard link to the sentinel is detected"
+    );
+    std::fs::remove_file(&link)?;
+    h.check()?;
+
+    std::fs::write(h.sentinel(), b"changed")?;
+    let err = h.check().expect_err("changed content is detected");
+    assert!(err.to_string().contains("content changed"), "{err}");
+    std::fs::write(h.sentinel(), fixtures::SENTINEL_CONTENT)?;
+    h.check()?;
+
+    let replacement = other.path().join("replacement");
+    std::fs::write(&replacement, fixtures::SENTINEL_CONTENT)?;
+    std::fs::copy(&replacement, h.dir().join("new"))?;
+    std::fs::rename(h.dir().join("new"), h.sentinel())?;
+    assert!(
+        h.check().is_err(),
+        "a replaced sentinel (new inode) is detected"
+    );
+    Ok(())
+}

@@ -120,16 +120,18 @@ async fn unreachable_registry_is_unavailable_naming_the_host() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn blocked_registry_is_permission_denied() -> Result<()> {
     let reg = Registry::start().await?;
+    // A second registry that has the image: ignoring `blocked` would pull from it
+    // successfully (from 127.0.0.1 only).
+    let blocked = Registry::start().await?;
     fixtures::oci(&reg.pusher(), "library/busybox", "latest").await?;
-    // The blocked prefix names the real registry: ignoring `blocked` would pull successfully
-    // (from 127.0.0.1 only).
+    fixtures::oci(&blocked.pusher(), "library/busybox", "latest").await?;
     let berthd = Berthd::start(
         BerthdOptions::with_registry(&reg.addr())
-            .entry(RegistryEntry::blocked(&reg.addr(), &reg.addr())),
+            .entry(RegistryEntry::blocked(&blocked.addr(), &blocked.addr())),
     )
     .await?;
     let cri = berthd.cri().await?;
-    let r = format!("{}/library/busybox:latest", reg.addr());
+    let r = format!("{}/library/busybox:latest", blocked.addr());
     assert_code(
         cri.pull(&r).await,
         &[Code::PermissionDenied],
@@ -137,11 +139,11 @@ async fn blocked_registry_is_permission_denied() -> Result<()> {
     );
     assert!(cri.list_images().await?.is_empty());
     assert_eq!(
-        reg.content_gets(),
+        blocked.content_gets(),
         0,
         "nothing fetched from a blocked registry"
     );
-    // The same repository through an allowed name works.
+    // The same image through an allowed name works.
     cri.pull("busybox").await?;
     Ok(())
 }

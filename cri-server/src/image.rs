@@ -6,6 +6,7 @@ use std::time::Instant;
 use k8s_cri::v1 as cri;
 use runtime_core::Error;
 use runtime_core::image::{Credentials, ImageRecord, ImageService};
+use runtime_core::pods::PodService;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
@@ -14,13 +15,18 @@ use crate::status::IntoStatus;
 /// gRPC front of the image service.
 pub struct ImageApi {
     images: ImageService,
+    pods: PodService,
     metrics: Arc<Metrics>,
 }
 
 impl ImageApi {
-    /// Wraps the image service.
-    pub fn new(images: ImageService, metrics: Arc<Metrics>) -> ImageApi {
-        ImageApi { images, metrics }
+    /// Wraps the image service; `pods` tells which images containers use.
+    pub fn new(images: ImageService, pods: PodService, metrics: Arc<Metrics>) -> ImageApi {
+        ImageApi {
+            images,
+            pods,
+            metrics,
+        }
     }
 }
 
@@ -124,7 +130,11 @@ impl cri::image_service_server::ImageService for ImageApi {
     ) -> Result<Response<cri::RemoveImageResponse>, Status> {
         let req = request.into_inner();
         let image = spec_image(req.image.as_ref())?;
-        self.images.remove(image).await.status()?;
+        let pods = self.pods.clone();
+        self.images
+            .remove(image, move |id| pods.image_user(id))
+            .await
+            .status()?;
         tracing::info!(image, "removed image");
         Ok(Response::new(cri::RemoveImageResponse {}))
     }

@@ -151,6 +151,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
         connect_timeout: Duration::from_secs(config.image.connect_timeout_secs),
         read_timeout: Duration::from_secs(config.image.read_timeout_secs),
     })?;
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+        .unwrap_or_else(|| PathBuf::from("/usr/local/bin"));
+    let pods = runtime_core::pods::PodService::open(
+        runtime_core::pods::PodServiceOptions::from_config(&config, &exe_dir)?,
+        images.clone(),
+    )
+    .await?;
     let metrics = Arc::new(metrics::Metrics::new());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -180,8 +189,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let socket_path = config.socket_path();
     let listener = socket::bind(&socket_path)?;
     let config_json = serde_json::to_string(&config).unwrap_or_default();
-    let runtime_api = runtime::RuntimeApi::new(config_json);
-    let image_api = image::ImageApi::new(images, Arc::clone(&metrics));
+    let runtime_api = runtime::RuntimeApi::new(config_json, pods.clone());
+    let image_api = image::ImageApi::new(images, pods, Arc::clone(&metrics));
 
     let server = tonic::transport::Server::builder()
         .layer(metrics::MetricsLayer::new(Arc::clone(&metrics)))

@@ -1,10 +1,14 @@
-//! The CRI RuntimeService. Version, Status and RuntimeConfig are answered here; pod and
-//! container RPCs are not implemented yet and answer Unimplemented.
+//! The CRI RuntimeService: each RPC maps onto one `runtime_core::pods::PodService` call.
+//! Streaming (Exec, Attach, PortForward), stats and events are not implemented yet and
+//! answer Unimplemented.
 
 use std::collections::HashMap;
 
 use k8s_cri::v1 as cri;
+use runtime_core::pods::PodService;
 use tonic::{Request, Response, Status};
+
+use crate::status::IntoStatus;
 
 /// Name reported by Version.
 pub const RUNTIME_NAME: &str = "berth";
@@ -14,12 +18,13 @@ pub const RUNTIME_API_VERSION: &str = "v1";
 /// gRPC front of the runtime service.
 pub struct RuntimeApi {
     config_json: String,
+    pods: PodService,
 }
 
 impl RuntimeApi {
     /// `config_json` is the effective configuration, shown by a verbose Status.
-    pub fn new(config_json: String) -> RuntimeApi {
-        RuntimeApi { config_json }
+    pub fn new(config_json: String, pods: PodService) -> RuntimeApi {
+        RuntimeApi { config_json, pods }
     }
 }
 
@@ -86,100 +91,191 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn run_pod_sandbox(
         &self,
-        _request: Request<cri::RunPodSandboxRequest>,
+        request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        Err(unimplemented("RunPodSandbox"))
+        let req = request.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("pod sandbox config is required"))?;
+        let id = self
+            .pods
+            .run_pod_sandbox(config, &req.runtime_handler)
+            .await
+            .status()?;
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: id,
+        }))
     }
 
     async fn stop_pod_sandbox(
         &self,
-        _request: Request<cri::StopPodSandboxRequest>,
+        request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        Err(unimplemented("StopPodSandbox"))
+        let req = request.into_inner();
+        self.pods
+            .stop_pod_sandbox(&req.pod_sandbox_id)
+            .await
+            .status()?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
     async fn remove_pod_sandbox(
         &self,
-        _request: Request<cri::RemovePodSandboxRequest>,
+        request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        Err(unimplemented("RemovePodSandbox"))
+        let req = request.into_inner();
+        self.pods
+            .remove_pod_sandbox(&req.pod_sandbox_id)
+            .await
+            .status()?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
     async fn pod_sandbox_status(
         &self,
-        _request: Request<cri::PodSandboxStatusRequest>,
+        request: Request<cri::PodSandboxStatusRequest>,
     ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
-        Err(unimplemented("PodSandboxStatus"))
+        let req = request.into_inner();
+        let (status, info) = self
+            .pods
+            .pod_sandbox_status(&req.pod_sandbox_id, req.verbose)
+            .status()?;
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(status),
+            info,
+            containers_statuses: vec![],
+            timestamp: 0,
+        }))
     }
 
     async fn list_pod_sandbox(
         &self,
-        _request: Request<cri::ListPodSandboxRequest>,
+        request: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        Err(unimplemented("ListPodSandbox"))
+        let req = request.into_inner();
+        Ok(Response::new(cri::ListPodSandboxResponse {
+            items: self.pods.list_pod_sandbox(req.filter.as_ref()),
+        }))
     }
 
     async fn create_container(
         &self,
-        _request: Request<cri::CreateContainerRequest>,
+        request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        Err(unimplemented("CreateContainer"))
+        let req = request.into_inner();
+        let config = req
+            .config
+            .ok_or_else(|| Status::invalid_argument("container config is required"))?;
+        let id = self
+            .pods
+            .create_container(&req.pod_sandbox_id, config, req.sandbox_config)
+            .await
+            .status()?;
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: id,
+        }))
     }
 
     async fn start_container(
         &self,
-        _request: Request<cri::StartContainerRequest>,
+        request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        Err(unimplemented("StartContainer"))
+        let req = request.into_inner();
+        self.pods
+            .start_container(&req.container_id)
+            .await
+            .status()?;
+        Ok(Response::new(cri::StartContainerResponse {}))
     }
 
     async fn stop_container(
         &self,
-        _request: Request<cri::StopContainerRequest>,
+        request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        Err(unimplemented("StopContainer"))
+        let req = request.into_inner();
+        self.pods
+            .stop_container(&req.container_id, req.timeout)
+            .await
+            .status()?;
+        Ok(Response::new(cri::StopContainerResponse {}))
     }
 
     async fn remove_container(
         &self,
-        _request: Request<cri::RemoveContainerRequest>,
+        request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        Err(unimplemented("RemoveContainer"))
+        let req = request.into_inner();
+        self.pods
+            .remove_container(&req.container_id)
+            .await
+            .status()?;
+        Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
     async fn list_containers(
         &self,
-        _request: Request<cri::ListContainersRequest>,
+        request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        Err(unimplemented("ListContainers"))
+        let req = request.into_inner();
+        Ok(Response::new(cri::ListContainersResponse {
+            containers: self.pods.list_containers(req.filter.as_ref()),
+        }))
     }
 
     async fn container_status(
         &self,
-        _request: Request<cri::ContainerStatusRequest>,
+        request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
-        Err(unimplemented("ContainerStatus"))
+        let req = request.into_inner();
+        let (status, info) = self
+            .pods
+            .container_status(&req.container_id, req.verbose)
+            .status()?;
+        Ok(Response::new(cri::ContainerStatusResponse {
+            status: Some(status),
+            info,
+        }))
     }
 
     async fn update_container_resources(
         &self,
-        _request: Request<cri::UpdateContainerResourcesRequest>,
+        request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        Err(unimplemented("UpdateContainerResources"))
+        let req = request.into_inner();
+        self.pods
+            .update_container_resources(&req.container_id, req.linux)
+            .await
+            .status()?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn reopen_container_log(
         &self,
-        _request: Request<cri::ReopenContainerLogRequest>,
+        request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
-        Err(unimplemented("ReopenContainerLog"))
+        let req = request.into_inner();
+        self.pods
+            .reopen_container_log(&req.container_id)
+            .await
+            .status()?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
     async fn exec_sync(
         &self,
-        _request: Request<cri::ExecSyncRequest>,
+        request: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
-        Err(unimplemented("ExecSync"))
+        let req = request.into_inner();
+        let out = self
+            .pods
+            .exec_sync(&req.container_id, &req.cmd, req.timeout)
+            .await
+            .status()?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+        }))
     }
 
     async fn exec(

@@ -33,6 +33,54 @@ pub struct Config {
     pub metrics_address: Option<String>,
     /// Image settings.
     pub image: ImageConfig,
+    /// Container runtime settings.
+    pub runtime: RuntimeConfig,
+}
+
+/// The `[runtime]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Handler used when a pod names none.
+    pub default_handler: String,
+    /// The per-pod monitor binary; empty means `berth-monitor` next to berthd.
+    pub monitor_path: Option<PathBuf>,
+    /// Cgroup parent for pods whose config sets none.
+    pub default_cgroup_parent: String,
+    /// Runtime handlers (RuntimeClass handler name → OCI runtime).
+    pub handlers: std::collections::BTreeMap<String, HandlerConfig>,
+}
+
+/// One `[runtime.handlers.NAME]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// The OCI runtime binary: an absolute path, or a name looked up in PATH.
+    pub path: PathBuf,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        let mut handlers = std::collections::BTreeMap::new();
+        handlers.insert(
+            "runc".to_string(),
+            HandlerConfig {
+                path: PathBuf::from("runc"),
+            },
+        );
+        handlers.insert(
+            "crun".to_string(),
+            HandlerConfig {
+                path: PathBuf::from("crun"),
+            },
+        );
+        RuntimeConfig {
+            default_handler: "runc".to_string(),
+            monitor_path: None,
+            default_cgroup_parent: "/berth".to_string(),
+            handlers,
+        }
+    }
 }
 
 /// Log output format.
@@ -71,6 +119,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             metrics_address: None,
             image: ImageConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }
@@ -131,6 +180,16 @@ impl Config {
         {
             return bad(format!("socket {s:?} must be an absolute path"));
         }
+        if !self
+            .runtime
+            .handlers
+            .contains_key(&self.runtime.default_handler)
+        {
+            return bad(format!(
+                "runtime.default_handler {:?} is not a configured handler",
+                self.runtime.default_handler
+            ));
+        }
         if self.image.max_concurrent_downloads == 0 {
             return bad("image.max_concurrent_downloads must be at least 1".to_string());
         }
@@ -175,6 +234,23 @@ connect_timeout_secs = {ct}
 
 # Seconds without a byte from a registry before the pull fails.
 read_timeout_secs = {rt}
+
+[runtime]
+# Runtime handler for pods that name none (RuntimeClass handler "").
+default_handler = "runc"
+
+# The per-pod monitor binary. Default: berth-monitor next to berthd.
+# monitor_path = "/usr/local/bin/berth-monitor"
+
+# Cgroup parent (cgroupfs) for pods whose config sets none.
+default_cgroup_parent = "/berth"
+
+# RuntimeClass handlers: name -> OCI runtime binary (absolute, or looked up in PATH).
+[runtime.handlers.runc]
+path = "runc"
+
+[runtime.handlers.crun]
+path = "crun"
 "#,
             root = d.root.display(),
             state = d.state.display(),

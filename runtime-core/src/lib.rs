@@ -7,7 +7,10 @@ pub mod config;
 pub mod error;
 pub mod fsutil;
 pub mod image;
+pub mod monitor;
+pub mod oci;
 pub mod ociruntime;
+pub mod pods;
 pub mod sandbox;
 
 pub use error::{Error, ErrorKind, Result};

@@ -95,11 +95,17 @@ impl ImageService {
         }
     }
 
-    /// Removes the tag or image `spec` names; absent images are not an error.
-    pub async fn remove(&self, spec: &str) -> Result<()> {
+    /// Removes the tag or image `spec` names; absent images are not an error. `in_use`
+    /// names a container using an image ID; such an image is kept (FailedPrecondition)
+    /// unless only one of several tags is removed.
+    pub async fn remove(
+        &self,
+        spec: &str,
+        in_use: impl Fn(&str) -> Option<String> + Send + 'static,
+    ) -> Result<()> {
         let inner = Arc::clone(&self.inner);
         let spec = spec.to_string();
-        tokio::task::spawn_blocking(move || inner.store.remove(&spec))
+        tokio::task::spawn_blocking(move || inner.store.remove(&spec, &in_use))
             .await
             .map_err(|e| Error::Internal(format!("remove image: {e}")))?
     }

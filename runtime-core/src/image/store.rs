@@ -390,10 +390,17 @@ impl Store {
 
     /// Removes what `spec` names: one tag when the image has others, else the whole image
     /// and every layer and blob no other image uses. Absent images are not an error.
-    pub fn remove(&self, spec: &str) -> Result<()> {
+    pub fn remove(&self, spec: &str, in_use: &dyn Fn(&str) -> Option<String>) -> Result<()> {
         let Some((img, how)) = self.resolve(spec)? else {
             return Ok(());
         };
+        let untag_only = matches!(&how, Match::Tag(_) if img.repo_tags.len() > 1);
+        if !untag_only && let Some(c) = in_use(&img.id) {
+            return Err(Error::FailedPrecondition(format!(
+                "image {} is in use by container {c}",
+                img.id
+            )));
+        }
         {
             let mut st = self.lock();
             let mut images = st.images.clone();
@@ -614,7 +621,7 @@ mod tests {
         assert_eq!(store.resolve("x:1").unwrap().unwrap().0.id, a.id);
         assert_eq!(store.resolve("x:2").unwrap().unwrap().0.id, b.id);
         // Removing b by id collects l2 but keeps l1 (a uses it).
-        store.remove(&b.id).unwrap();
+        store.remove(&b.id, &|_| None).unwrap();
         assert!(store.resolve("x:2").unwrap().is_none());
         assert!(store.has_layer(&l1));
         assert!(!store.has_layer(&l2));
@@ -628,7 +635,8 @@ mod tests {
         let hex = &a.id[7..];
         assert!(store.resolve(&hex[..8]).unwrap().is_some());
         assert!(store.resolve(hex).unwrap().is_some());
-        store.remove("x:1").unwrap();
+        store.remove("x:1", &|_| Some("c1".into())).unwrap_err();
+        store.remove("x:1", &|_| None).unwrap();
         assert!(store.list().is_empty());
         assert!(!store.has_layer(&l1));
     }
@@ -671,7 +679,7 @@ mod tests {
                 || store.resolve(&"a".repeat(100_000)).unwrap().is_none()
         );
         assert!(store.resolve("busybox").unwrap().is_none());
-        store.remove("busybox").unwrap();
+        store.remove("busybox", &|_| None).unwrap();
         assert!(store.put_blob("sha256:../../x", b"").is_err());
     }
 }

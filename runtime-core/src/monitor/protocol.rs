@@ -1,0 +1,182 @@
+//! The messages of the monitor protocol (see the module documentation of
+//! [`crate::monitor`]) and the exit file, the one on-disk contract between the monitor and
+//! berthd.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::MonitorError;
+
+/// Version of the wire protocol, reported by `ping`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Asks the monitor to run the OCI runtime's create command for a container and to take
+/// charge of its process, output and exit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// The container ID (the monitor's key).
+    pub container_id: String,
+    /// The full create command line, program first (an absolute path). It runs with stdin
+    /// `/dev/null`, stdout and stderr on pipes the monitor owns (the OCI runtime hands them
+    /// on to the container's init), cwd `/`.
+    pub argv: Vec<String>,
+    /// Where the runtime writes the init pid (`--pid-file`).
+    pub pid_file: PathBuf,
+    /// The CRI log file (absolute, parent directory existing).
+    pub log_path: PathBuf,
+    /// Where the monitor writes [`ExitInfo`] when the init exits.
+    pub exit_file: PathBuf,
+    /// cgroup v1 `memory.oom_control` or v2 `memory.events` of the container's cgroup,
+    /// read when the init exits (`oom_kill N`, N > 0 → `oom_killed`).
+    #[serde(default)]
+    pub oom_control: Option<PathBuf>,
+    /// Deadline of the create command in seconds (0: 60 s).
+    #[serde(default)]
+    pub timeout_secs: u64,
+}
+
+/// The answer to a successful create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateResponse {
+    /// Host pid of the container's init.
+    pub pid: i32,
+}
+
+/// How a container's init ended. Also the content of the exit file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// The exit status; 128 + signal when killed by a signal (as containerd reports).
+    pub exit_code: i32,
+    /// The signal that killed it, if any.
+    pub signal: Option<i32>,
+    /// When the monitor reaped it, ns since the Unix epoch.
+    pub finished_at_ns: i64,
+    /// The container's cgroup recorded an OOM kill.
+    pub oom_killed: bool,
+}
+
+/// One container as the monitor knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerState {
+    /// The container ID.
+    pub id: String,
+    /// Host pid of its init; 0 while the create command still runs.
+    pub pid: i32,
+    /// Set once the init has exited and its output is drained (the exit file is written
+    /// then too).
+    pub exit: Option<ExitInfo>,
+}
+
+/// A request: one JSON object on one line, tagged by `op`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Run the create command of a container; answered when it has exited.
+    Create(CreateRequest),
+    /// Close and reopen a container's log file.
+    ReopenLog {
+        /// The container ID.
+        container_id: String,
+    },
+    /// Every container the monitor knows.
+    List,
+    /// Stop tracking a container (idempotent; not while it is being created).
+    Forget {
+        /// The container ID.
+        container_id: String,
+    },
+    /// Exit once this is answered.
+    Shutdown,
+    /// Is the monitor alive? Answers its pid.
+    Ping,
+    /// Start `berth-monitor pause` as PID 1 of a new PID namespace, as a child of the
+    /// monitor; answers its host pid and writes `<pod_dir>/pause.pid`.
+    SpawnPause,
+}
+
+/// A reply: one JSON object on one line, tagged by `result`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Reply {
+    /// The create command succeeded.
+    Created {
+        /// Host pid of the container's init.
+        pid: i32,
+    },
+    /// Done (reopen_log, forget, shutdown).
+    Ok,
+    /// The answer to `list`.
+    Containers {
+        /// Every container, in creation order.
+        containers: Vec<ContainerState>,
+    },
+    /// The answer to `ping`.
+    Pong {
+        /// The monitor's pid.
+        pid: i32,
+        /// [`PROTOCOL_VERSION`] of the monitor.
+        protocol: u32,
+    },
+    /// The answer to `spawn_pause`.
+    Pause {
+        /// Host pid of the pause process.
+        pid: i32,
+    },
+    /// The request failed.
+    Error {
+        /// Why.
+        error: MonitorError,
+    },
+}
+
+/// Reads an exit file: `Ok(None)` when it does not exist (the container has not exited,
+/// or the monitor died before it could write it).
+pub fn read_exit_file(path: &Path) -> Result<Option<ExitInfo>, MonitorError> {
+    match std::fs::read(path) {
+        Ok(data) => serde_json::from_slice(&data)
+            .map(Some)
+            .map_err(|e| MonitorError::Io {
+                message: format!("exit file {} is corrupt: {e}", path.display()),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(MonitorError::io(
+            format!("cannot read exit file {}", path.display()),
+            e,
+        )),
+    }
+}
+
+/// Writes an exit file atomically: a temporary file beside it, fsync, rename, fsync of the
+/// directory.
+pub fn write_exit_file(path: &Path, info: &ExitInfo) -> Result<(), MonitorError> {
+    let fail = |e: std::io::Error| {
+        MonitorError::io(format!("cannot write exit file {}", path.display()), e)
+    };
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let data =
+        serde_json::to_vec(info).map_err(|e| MonitorError::io("cannot encode exit info", e))?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(fail)?;
+    file.write_all(&data).map_err(fail)?;
+    file.sync_all().map_err(fail)?;
+    drop(file);
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    if let Some(dir) = path.parent() {
+        // Durability of the rename; a failure here loses nothing that is not also lost on a
+        // crash, so it is not an error.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! The OCI runtime side of berth: generation of the runtime spec (`config.json`) for a
+//! container from its CRI config, its pod's config and its image config.
+
+pub mod seccomp;
+pub mod spec;
+pub mod user;

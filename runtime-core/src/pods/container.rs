@@ -1,0 +1,789 @@
+//! Container lifecycle: create (rootfs + OCI bundle), start (the pod monitor runs the OCI
+//! runtime's create, then `start`), stop, remove, status, list, exec-sync, resource updates
+//! and log reopening.
+//!
+//! As containerd does, the OCI runtime's `create` runs at StartContainer, so a command
+//! missing from the image fails StartContainer with the runtime's message and the container
+//! then reports exit code 128 with reason `Error`.
+
+use std::collections::HashMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use k8s_cri::v1 as cri;
+use nix::mount::MsFlags;
+
+use super::records::{self, ContainerRecord, SandboxState};
+use super::{Entry, PodService, labels_match, new_id, now_ns, release_name};
+use crate::monitor::{self, ExitInfo};
+use crate::ociruntime::ExecOutput;
+use crate::{Error, Result};
+
+/// Exit code reported for a container whose start failed (containerd's value).
+pub const START_FAILURE_EXIT_CODE: i32 = 128;
+
+/// The key that makes a container name unique within its pod.
+pub fn name_key(pod_id: &str, m: &cri::ContainerMetadata) -> String {
+    format!("ctr\0{pod_id}\0{}\0{}", m.name, m.attempt)
+}
+
+/// Lifecycle state derived from a record and its exit file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lifecycle {
+    /// Created, not started.
+    Created,
+    /// Started and not exited.
+    Running,
+    /// Exited (or failed to start).
+    Exited(ExitInfo),
+}
+
+impl PodService {
+    fn lifecycle(rec: &ContainerRecord) -> Lifecycle {
+        if let Some(msg) = &rec.start_error {
+            let _ = msg;
+            return Lifecycle::Exited(ExitInfo {
+                exit_code: START_FAILURE_EXIT_CODE,
+                signal: None,
+                finished_at_ns: rec.started_at_ns.max(rec.created_at_ns),
+                oom_killed: false,
+            });
+        }
+        if let Ok(Some(exit)) = monitor::read_exit_file(&rec.exit_file()) {
+            return Lifecycle::Exited(exit);
+        }
+        if rec.started_at_ns > 0 {
+            Lifecycle::Running
+        } else {
+            Lifecycle::Created
+        }
+    }
+
+    fn container_record_path(&self, id: &str) -> PathBuf {
+        self.inner
+            .opts
+            .root
+            .join("containers")
+            .join("records")
+            .join(format!("{id}.json"))
+    }
+
+    /// CreateContainer: mounts the rootfs (an overlay of the image's layers and the
+    /// container's own upper directory) and writes the OCI bundle.
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        config: cri::ContainerConfig,
+        sandbox_config: Option<cri::PodSandboxConfig>,
+    ) -> Result<String> {
+        let pod_entry = self.sandbox(pod_id)?;
+        let pod = pod_entry.get();
+        if pod.state != SandboxState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("container config has no metadata".into()))?;
+        if meta.name.is_empty() {
+            return Err(Error::InvalidArgument(
+                "container metadata.name is empty".into(),
+            ));
+        }
+        let image_name = config
+            .image
+            .as_ref()
+            .map(|i| i.image.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| Error::InvalidArgument("container config has no image".into()))?;
+        let image = self
+            .inner
+            .images
+            .status(&image_name)?
+            .ok_or_else(|| Error::NotFound(format!("image {image_name:?} not found")))?;
+        // The pod's own config is authoritative; kubelet sends the same one.
+        let sandbox_config = if sandbox_config.is_some() {
+            pod.config.clone()
+        } else {
+            pod.config.clone()
+        };
+        let log_path = resolve_log_path(&sandbox_config.log_directory, &config.log_path)?;
+        let guard = self.reserve(
+            name_key(&pod.id, &meta),
+            &format!(
+                "container name {:?} (attempt {}) in pod {}",
+                meta.name, meta.attempt, pod.id
+            ),
+        )?;
+        let id = new_id();
+        let bundle = self.inner.opts.state.join("containers").join(&id);
+        let dir = self.inner.opts.root.join("containers").join(&id);
+        let rec = ContainerRecord {
+            id: id.clone(),
+            pod_id: pod.id.clone(),
+            config: config.clone(),
+            image_id: image.id.clone(),
+            image_ref: image_name.clone(),
+            image_digest_ref: image
+                .repo_digests
+                .first()
+                .cloned()
+                .unwrap_or_else(|| image.id.clone()),
+            created_at_ns: now_ns(),
+            started_at_ns: 0,
+            log_path,
+            bundle: bundle.clone(),
+            dir: dir.clone(),
+            pid: 0,
+            start_error: None,
+            stop_signal: image
+                .config
+                .config
+                .as_ref()
+                .and_then(|c| c.stop_signal.clone()),
+            cgroup_path: format!("{}/{}", pod.cgroup_parent.trim_end_matches('/'), id),
+        };
+        let lowers = self.inner.images.lower_dirs(&image)?;
+        let svc = self.clone();
+        let rec2 = rec.clone();
+        let image_config = image.config.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            svc.prepare_bundle(&rec2, &pod, &sandbox_config, &image_config, &lowers)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("create container task: {e}")))?;
+        if let Err(e) = built {
+            cleanup_bundle(&bundle, &dir);
+            return Err(e);
+        }
+        if let Err(e) = records::save(&self.container_record_path(&id), &rec) {
+            cleanup_bundle(&bundle, &dir);
+            return Err(e);
+        }
+        self.inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Entry::new(rec));
+        guard.keep();
+        tracing::info!(container = %id, pod = %pod_id, name = %meta.name, "container created");
+        Ok(id)
+    }
+
+    fn prepare_bundle(
+        &self,
+        rec: &ContainerRecord,
+        pod: &records::SandboxRecord,
+        sandbox_config: &cri::PodSandboxConfig,
+        image: &crate::image::spec::ImageConfig,
+        lowers: &[PathBuf],
+    ) -> Result<()> {
+        let rootfs = rec.bundle.join("rootfs");
+        let upper = rec.dir.join("upper");
+        let work = rec.dir.join("work");
+        for d in [&rootfs, &upper, &work] {
+            std::fs::create_dir_all(d).map_err(|e| Error::io("create", d, e))?;
+        }
+        let empty;
+        let lowers: Vec<PathBuf> = if lowers.is_empty() {
+            // overlayfs needs a lower layer; an image without layers gets an empty one.
+            empty = rec.dir.join("empty");
+            std::fs::create_dir_all(&empty).map_err(|e| Error::io("create", &empty, e))?;
+            vec![empty.clone()]
+        } else {
+            lowers.to_vec()
+        };
+        let lowerdir = lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let data = format!(
+            "lowerdir={lowerdir},upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data.as_str()),
+        )
+        .map_err(|e| {
+            Error::Internal(format!("mount overlay rootfs at {}: {e}", rootfs.display()))
+        })?;
+        let nso = pod.ns_options();
+        let node = cri::NamespaceMode::Node as i32;
+        let cnso = rec
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_else(|| nso.clone());
+        let pid = if cnso.pid == node {
+            crate::oci::spec::PidMode::Host
+        } else if cnso.pid == cri::NamespaceMode::Target as i32 && !cnso.target_id.is_empty() {
+            let target = self.container(&cnso.target_id)?.get();
+            crate::oci::spec::PidMode::Target(PathBuf::from(format!("/proc/{}/ns/pid", target.pid)))
+        } else if cnso.pid == cri::NamespaceMode::Pod as i32 {
+            match pod.pause_pid {
+                Some(p) => {
+                    crate::oci::spec::PidMode::Pod(PathBuf::from(format!("/proc/{p}/ns/pid")))
+                }
+                None => crate::oci::spec::PidMode::Container,
+            }
+        } else {
+            crate::oci::spec::PidMode::Container
+        };
+        let inputs = crate::oci::spec::SpecInputs {
+            container_id: &rec.id,
+            config: &rec.config,
+            sandbox: sandbox_config,
+            image,
+            rootfs: &rootfs,
+            network_ns: pod.namespaces.network.clone(),
+            ipc_ns: pod.namespaces.ipc.clone(),
+            uts_ns: pod.namespaces.uts.clone(),
+            pid,
+            hostname_file: Some(pod.hostname_file.clone()),
+            hosts_file: Some(pod.hosts_file.clone()),
+            resolv_conf: Some(pod.resolv_file.clone()),
+            shm: pod.shm.clone(),
+            cgroups_path: rec.cgroup_path.clone(),
+            seccomp_localhost_root: &self.inner.opts.root.join("seccomp"),
+            min_oom_score_adj: self.inner.min_oom_score_adj,
+            sandbox_id: &pod.id,
+        };
+        let spec = crate::oci::spec::build_spec(&inputs)?;
+        let json = serde_json::to_vec_pretty(&spec)
+            .map_err(|e| Error::Internal(format!("encode OCI spec: {e}")))?;
+        crate::fsutil::write_atomic(&rec.bundle.join("config.json"), &json)
+    }
+
+    /// StartContainer.
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        let entry = self.container(id)?;
+        let _op = entry.op.lock().await;
+        let rec = entry.get();
+        match Self::lifecycle(&rec) {
+            Lifecycle::Created => {}
+            Lifecycle::Running => {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} is already running",
+                    rec.id
+                )));
+            }
+            Lifecycle::Exited(_) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} has exited and cannot be started again",
+                    rec.id
+                )));
+            }
+        }
+        let pod = self.sandbox(&rec.pod_id)?.get();
+        if pod.state != SandboxState::Ready {
+            return Err(Error::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                pod.id
+            )));
+        }
+        let runtime = self.runtime(&pod.runtime_handler)?;
+        let runtime_log = rec.bundle.join("runtime.log");
+        let log_path = match &rec.log_path {
+            Some(p) => {
+                if let Some(parent) = p.parent() {
+                    std::fs::create_dir_all(parent)
+                        .map_err(|e| Error::io("create log directory", parent, e))?;
+                }
+                p.clone()
+            }
+            None => PathBuf::from("/dev/null"),
+        };
+        let client = monitor::MonitorClient::new(pod.monitor_socket.clone());
+        let req = monitor::CreateRequest {
+            container_id: rec.id.clone(),
+            argv: runtime.create_argv(
+                &rec.id,
+                &rec.bundle,
+                &rec.bundle.join("init.pid"),
+                &runtime_log,
+            ),
+            pid_file: rec.bundle.join("init.pid"),
+            log_path,
+            exit_file: rec.exit_file(),
+            oom_control: self.inner.cgroups.oom_file(&rec.cgroup_path).ok().flatten(),
+            timeout_secs: 120,
+        };
+        let fail = |svc: &PodService, message: String| {
+            let mut r = entry.get();
+            r.start_error = Some(message.clone());
+            r.started_at_ns = now_ns();
+            let _ = records::save(&svc.container_record_path(&r.id), &r);
+            entry.update(|x| *x = r);
+            Error::Internal(message)
+        };
+        let created = match client.create(req).await {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = match e {
+                    monitor::MonitorError::RuntimeFailed { .. } => {
+                        crate::ociruntime::failure_message(&runtime_log, b"", None)
+                    }
+                    other => other.to_string(),
+                };
+                let _ = runtime.delete(&rec.id, &runtime_log).await;
+                return Err(fail(self, format!("start container {}: {msg}", rec.id)));
+            }
+        };
+        let started_at = now_ns();
+        if let Err(e) = runtime.start(&rec.id, &runtime_log).await {
+            let _ = runtime
+                .kill(&rec.id, &runtime_log, libc::SIGKILL, true)
+                .await;
+            let _ = runtime.delete(&rec.id, &runtime_log).await;
+            return Err(fail(self, e.to_string()));
+        }
+        let mut r = entry.get();
+        r.pid = created.pid;
+        r.started_at_ns = started_at;
+        records::save(&self.container_record_path(&r.id), &r)?;
+        entry.update(|x| *x = r);
+        tracing::info!(container = %rec.id, pid = created.pid, "container started");
+        Ok(())
+    }
+
+    /// StopContainer: the image's stop signal (default SIGTERM), SIGKILL after `timeout`
+    /// seconds. Idempotent for containers that are not running.
+    pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
+        let entry = self.container(id)?;
+        let _op = entry.op.lock().await;
+        let rec = entry.get();
+        if Self::lifecycle(&rec) != Lifecycle::Running {
+            return Ok(());
+        }
+        let pod = self.sandbox(&rec.pod_id)?.get();
+        let runtime = self.runtime(&pod.runtime_handler)?;
+        let log = rec.bundle.join("runtime.log");
+        if timeout > 0 {
+            let sig = parse_signal(rec.stop_signal.as_deref()).unwrap_or(libc::SIGTERM);
+            if let Err(e) = runtime.kill(&rec.id, &log, sig, false).await {
+                tracing::debug!(container = %rec.id, error = %e, "stop signal");
+            }
+            if self
+                .wait_exit(&rec, Duration::from_secs(timeout as u64))
+                .await
+            {
+                let _ = runtime.delete(&rec.id, &log).await;
+                return Ok(());
+            }
+        }
+        if let Err(e) = runtime.kill(&rec.id, &log, libc::SIGKILL, true).await {
+            tracing::debug!(container = %rec.id, error = %e, "SIGKILL");
+            // The runtime may have lost the container (e.g. it exited meanwhile); make sure
+            // the init is gone by pid.
+            if rec.pid > 0 && super::sandbox::process_alive(rec.pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(rec.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if !self.wait_exit(&rec, Duration::from_secs(30)).await {
+            return Err(Error::DeadlineExceeded(format!(
+                "container {} did not exit after SIGKILL",
+                rec.id
+            )));
+        }
+        let _ = runtime.delete(&rec.id, &log).await;
+        tracing::info!(container = %rec.id, "container stopped");
+        Ok(())
+    }
+
+    async fn wait_exit(&self, rec: &ContainerRecord, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if matches!(Self::lifecycle(rec), Lifecycle::Exited(_)) {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// RemoveContainer: kills a running container, deletes it from the runtime, unmounts
+    /// and removes its rootfs and directories. Idempotent; unknown IDs are fine.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let entry = match self.container(id) {
+            Ok(e) => e,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let cid = entry.get().id;
+        self.stop_container(&cid, 0).await?;
+        let _op = entry.op.lock().await;
+        let rec = entry.get();
+        if let Ok(pod) = self.sandbox(&rec.pod_id).map(|e| e.get()) {
+            if let Ok(runtime) = self.runtime(&pod.runtime_handler) {
+                let _ = runtime
+                    .delete(&rec.id, &rec.bundle.join("runtime.log"))
+                    .await;
+            }
+            if pod.monitor_pid.is_some() {
+                let _ = monitor::MonitorClient::new(pod.monitor_socket.clone())
+                    .forget(&rec.id)
+                    .await;
+            }
+        }
+        let (bundle, dir) = (rec.bundle.clone(), rec.dir.clone());
+        tokio::task::spawn_blocking(move || cleanup_bundle(&bundle, &dir))
+            .await
+            .map_err(|e| Error::Internal(format!("remove container task: {e}")))?;
+        crate::fsutil::remove_all(&self.container_record_path(&rec.id))?;
+        self.inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.id);
+        release_name(&self.inner, &name_key(&rec.pod_id, &rec.metadata()));
+        tracing::info!(container = %rec.id, "container removed");
+        Ok(())
+    }
+
+    fn cri_state(l: &Lifecycle) -> cri::ContainerState {
+        match l {
+            Lifecycle::Created => cri::ContainerState::ContainerCreated,
+            Lifecycle::Running => cri::ContainerState::ContainerRunning,
+            Lifecycle::Exited(_) => cri::ContainerState::ContainerExited,
+        }
+    }
+
+    /// ContainerStatus.
+    pub fn container_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<(cri::ContainerStatus, HashMap<String, String>)> {
+        let rec = self.container(id)?.get();
+        let life = Self::lifecycle(&rec);
+        let (finished_at, exit_code, reason, message) = match &life {
+            Lifecycle::Exited(x) => {
+                let reason = if rec.start_error.is_some() {
+                    "Error"
+                } else if x.oom_killed {
+                    "OOMKilled"
+                } else if x.exit_code == 0 {
+                    "Completed"
+                } else {
+                    "Error"
+                };
+                (
+                    x.finished_at_ns,
+                    x.exit_code,
+                    reason.to_string(),
+                    rec.start_error.clone().unwrap_or_default(),
+                )
+            }
+            _ => (0, 0, String::new(), String::new()),
+        };
+        let status = cri::ContainerStatus {
+            id: rec.id.clone(),
+            metadata: Some(rec.metadata()),
+            state: Self::cri_state(&life) as i32,
+            created_at: rec.created_at_ns,
+            started_at: if rec.start_error.is_some() {
+                0
+            } else {
+                rec.started_at_ns
+            },
+            finished_at,
+            exit_code,
+            image: Some(cri::ImageSpec {
+                image: rec.image_ref.clone(),
+                ..Default::default()
+            }),
+            image_ref: rec.image_digest_ref.clone(),
+            reason,
+            message,
+            labels: rec.config.labels.clone(),
+            annotations: rec.config.annotations.clone(),
+            mounts: rec.config.mounts.clone(),
+            log_path: rec
+                .log_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            resources: rec
+                .config
+                .linux
+                .as_ref()
+                .and_then(|l| l.resources.clone())
+                .map(|r| cri::ContainerResources {
+                    linux: Some(r),
+                    ..Default::default()
+                }),
+            image_id: rec.image_id.clone(),
+            user: None,
+        };
+        let mut info = HashMap::new();
+        if verbose {
+            let v = serde_json::json!({
+                "id": rec.id,
+                "sandboxID": rec.pod_id,
+                "pid": rec.pid,
+                "bundle": rec.bundle,
+                "cgroupPath": rec.cgroup_path,
+                "config": rec.config,
+                "runtimeSpec": std::fs::read_to_string(rec.bundle.join("config.json")).ok()
+                    .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok()),
+            });
+            info.insert("info".to_string(), v.to_string());
+        }
+        Ok((status, info))
+    }
+
+    /// ListContainers with CRI's filter.
+    pub fn list_containers(&self, filter: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
+        let entries: Vec<_> = self
+            .inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<cri::Container> = entries
+            .iter()
+            .map(|e| e.get())
+            .filter_map(|r| {
+                let state = Self::cri_state(&Self::lifecycle(&r)) as i32;
+                let keep = match filter {
+                    None => true,
+                    Some(f) => {
+                        (f.id.is_empty() || r.id.starts_with(&f.id))
+                            && (f.pod_sandbox_id.is_empty()
+                                || r.pod_id.starts_with(&f.pod_sandbox_id))
+                            && f.state.as_ref().is_none_or(|s| s.state == state)
+                            && labels_match(&r.config.labels, &f.label_selector)
+                    }
+                };
+                keep.then(|| cri::Container {
+                    id: r.id.clone(),
+                    pod_sandbox_id: r.pod_id.clone(),
+                    metadata: Some(r.metadata()),
+                    image: Some(cri::ImageSpec {
+                        image: r.image_ref.clone(),
+                        ..Default::default()
+                    }),
+                    image_ref: r.image_digest_ref.clone(),
+                    state,
+                    created_at: r.created_at_ns,
+                    labels: r.config.labels.clone(),
+                    annotations: r.config.annotations.clone(),
+                    image_id: r.image_id.clone(),
+                })
+            })
+            .collect();
+        out.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+        out
+    }
+
+    /// ExecSync: runs `cmd` in a running container; `timeout_secs` 0 means no limit.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[String],
+        timeout_secs: i64,
+    ) -> Result<ExecOutput> {
+        if cmd.is_empty() {
+            return Err(Error::InvalidArgument("exec command is empty".into()));
+        }
+        let rec = self.container(id)?.get();
+        if Self::lifecycle(&rec) != Lifecycle::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let pod = self.sandbox(&rec.pod_id)?.get();
+        let runtime = self.runtime(&pod.runtime_handler)?;
+        let tag = new_id();
+        let pid_file = rec.bundle.join(format!("exec-{}.pid", &tag[..12]));
+        let log = rec.bundle.join(format!("exec-{}.log", &tag[..12]));
+        let timeout = (timeout_secs > 0).then(|| Duration::from_secs(timeout_secs as u64));
+        let out = runtime
+            .exec_sync(&rec.id, &log, &pid_file, cmd, timeout)
+            .await;
+        let _ = std::fs::remove_file(&log);
+        out
+    }
+
+    /// UpdateContainerResources: applies new limits to a running container and records
+    /// them for ContainerStatus.
+    pub async fn update_container_resources(
+        &self,
+        id: &str,
+        resources: Option<cri::LinuxContainerResources>,
+    ) -> Result<()> {
+        let Some(resources) = resources else {
+            return Ok(());
+        };
+        let entry = self.container(id)?;
+        let _op = entry.op.lock().await;
+        let rec = entry.get();
+        if matches!(Self::lifecycle(&rec), Lifecycle::Exited(_)) {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let oci = crate::oci::spec::update_resources(&resources)?;
+        if Self::lifecycle(&rec) == Lifecycle::Running {
+            let pod = self.sandbox(&rec.pod_id)?.get();
+            let runtime = self.runtime(&pod.runtime_handler)?;
+            let file = rec.bundle.join("resources.json");
+            let json = serde_json::to_vec(&oci)
+                .map_err(|e| Error::Internal(format!("encode resources: {e}")))?;
+            crate::fsutil::write_atomic(&file, &json)?;
+            runtime
+                .update(&rec.id, &rec.bundle.join("runtime.log"), &file)
+                .await?;
+        }
+        let mut r = rec;
+        r.config
+            .linux
+            .get_or_insert_with(Default::default)
+            .resources = Some(resources);
+        records::save(&self.container_record_path(&r.id), &r)?;
+        entry.update(|x| *x = r);
+        Ok(())
+    }
+
+    /// ReopenContainerLog: the monitor reopens the log file kubelet just rotated.
+    pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
+        let rec = self.container(id)?.get();
+        if Self::lifecycle(&rec) != Lifecycle::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is not running",
+                rec.id
+            )));
+        }
+        let pod = self.sandbox(&rec.pod_id)?.get();
+        monitor::MonitorClient::new(pod.monitor_socket.clone())
+            .reopen_log(&rec.id)
+            .await
+            .map_err(|e| Error::Internal(format!("reopen log of container {}: {e}", rec.id)))
+    }
+}
+
+fn cleanup_bundle(bundle: &Path, dir: &Path) {
+    crate::sandbox::files::unmount(&bundle.join("rootfs"));
+    let _ = crate::fsutil::remove_all(bundle);
+    let _ = crate::fsutil::remove_all(dir);
+}
+
+/// The absolute log path of a container: `log_directory` joined with the relative
+/// `log_path`, which must not climb out of it lexically or through a symlink.
+pub fn resolve_log_path(log_directory: &str, log_path: &str) -> Result<Option<PathBuf>> {
+    if log_path.is_empty() {
+        return Ok(None);
+    }
+    if log_directory.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "log_path {log_path:?} given but the pod has no log_directory"
+        )));
+    }
+    let base = Path::new(log_directory);
+    if !base.is_absolute() {
+        return Err(Error::InvalidArgument(format!(
+            "log_directory {log_directory:?} must be an absolute path"
+        )));
+    }
+    let rel = Path::new(log_path);
+    if rel.is_absolute()
+        || rel
+            .components()
+            .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "log_path {log_path:?} must be relative to the log directory without '..'"
+        )));
+    }
+    let full = base.join(rel);
+    // Create the directories and check that, with symlinks resolved, the file's parent is
+    // still inside the log directory.
+    let parent = full.parent().unwrap_or(base);
+    std::fs::create_dir_all(parent).map_err(|e| Error::io("create log directory", parent, e))?;
+    let real_base = base
+        .canonicalize()
+        .map_err(|e| Error::io("resolve", base, e))?;
+    let real_parent = parent
+        .canonicalize()
+        .map_err(|e| Error::io("resolve", parent, e))?;
+    if !real_parent.starts_with(&real_base) {
+        return Err(Error::InvalidArgument(format!(
+            "log_path {log_path:?} escapes log_directory {log_directory:?} through a symlink"
+        )));
+    }
+    if let Ok(m) = std::fs::symlink_metadata(&full)
+        && m.file_type().is_symlink()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "log_path {log_path:?} is a symlink"
+        )));
+    }
+    Ok(Some(real_parent.join(full.file_name().unwrap_or_default())))
+}
+
+/// Parses a stop signal as images give it: `SIGTERM`, `TERM`, `15`.
+pub fn parse_signal(s: Option<&str>) -> Option<i32> {
+    let s = s?.trim();
+    if let Ok(n) = s.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    let full = format!("SIG{name}");
+    full.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|sig| sig as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse() {
+        assert_eq!(parse_signal(Some("SIGTERM")), Some(15));
+        assert_eq!(parse_signal(Some("quit")), Some(3));
+        assert_eq!(parse_signal(Some("9")), Some(9));
+        assert_eq!(parse_signal(Some("SIGNOPE")), None);
+        assert_eq!(parse_signal(Some("0")), None);
+        assert_eq!(parse_signal(None), None);
+    }
+
+    #[test]
+    fn log_paths_are_contained() {
+        let d = tempfile::tempdir().unwrap();
+        let base = d.path().join("logs");
+        std::fs::create_dir_all(&base).unwrap();
+        let b = base.to_str().unwrap();
+        let p = resolve_log_path(b, "c/0.log").unwrap().unwrap();
+        assert!(p.starts_with(base.canonicalize().unwrap()));
+        assert!(resolve_log_path(b, "../x.log").is_err());
+        assert!(resolve_log_path(b, "/etc/x.log").is_err());
+        assert!(resolve_log_path("rel", "x.log").is_err());
+        assert!(resolve_log_path("", "x.log").is_err());
+        assert_eq!(resolve_log_path(b, "").unwrap(), None);
+        std::os::unix::fs::symlink(d.path(), base.join("up")).unwrap();
+        assert!(resolve_log_path(b, "up/x.log").is_err());
+        assert!(!d.path().join("x.log").exists());
+    }
+}

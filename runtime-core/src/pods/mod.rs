@@ -1,0 +1,371 @@
+//! Pod sandboxes and their containers: the state berthd keeps, the lifecycle operations
+//! the CRI RuntimeService maps onto, and recovery after a restart.
+//!
+//! Each pod and container is an [`Entry`]: an operation lock serializing the slow
+//! lifecycle calls on that object, and a data lock held only for reads and updates, so
+//! list and status calls never wait behind a StopContainer's grace period.
+
+pub mod container;
+pub mod records;
+pub mod sandbox;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::cgroups::Layout;
+use crate::config::Config;
+use crate::image::ImageService;
+use crate::ociruntime::OciRuntime;
+use crate::{Error, Result};
+
+use records::{ContainerRecord, SandboxRecord};
+
+/// A pod or container: an operation lock and the data.
+pub struct Entry<T> {
+    op: tokio::sync::Mutex<()>,
+    data: Mutex<T>,
+}
+
+impl<T: Clone> Entry<T> {
+    fn new(v: T) -> Arc<Entry<T>> {
+        Arc::new(Entry {
+            op: tokio::sync::Mutex::new(()),
+            data: Mutex::new(v),
+        })
+    }
+
+    /// A copy of the data.
+    pub fn get(&self) -> T {
+        self.data.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        f(&mut self.data.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Settings of the pod service.
+#[derive(Debug, Clone)]
+pub struct PodServiceOptions {
+    /// Persistent root.
+    pub root: PathBuf,
+    /// Runtime state directory.
+    pub state: PathBuf,
+    /// Runtime handlers by name.
+    pub handlers: HashMap<String, OciRuntime>,
+    /// Handler used for pods that name none.
+    pub default_handler: String,
+    /// The monitor binary.
+    pub monitor_binary: PathBuf,
+    /// Cgroup parent for pods without one.
+    pub default_cgroup_parent: String,
+}
+
+impl PodServiceOptions {
+    /// Options from the daemon configuration; `exe_dir` is where berthd lives (the monitor
+    /// binary is looked for next to it).
+    pub fn from_config(config: &Config, exe_dir: &Path) -> Result<PodServiceOptions> {
+        let mut handlers = HashMap::new();
+        for (name, h) in &config.runtime.handlers {
+            handlers.insert(
+                name.clone(),
+                OciRuntime {
+                    name: name.clone(),
+                    path: resolve_binary(&h.path),
+                    root: config.state.join("runtime").join(name),
+                },
+            );
+        }
+        Ok(PodServiceOptions {
+            root: config.root.clone(),
+            state: config.state.clone(),
+            handlers,
+            default_handler: config.runtime.default_handler.clone(),
+            monitor_binary: config
+                .runtime
+                .monitor_path
+                .clone()
+                .unwrap_or_else(|| exe_dir.join("berth-monitor")),
+            default_cgroup_parent: config.runtime.default_cgroup_parent.clone(),
+        })
+    }
+}
+
+/// Looks a bare binary name up in PATH (and the sbin directories runc lives in).
+fn resolve_binary(p: &Path) -> PathBuf {
+    if p.is_absolute() || p.components().count() > 1 {
+        return p.to_path_buf();
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .chain([
+            "/usr/local/sbin",
+            "/usr/sbin",
+            "/sbin",
+            "/usr/local/bin",
+            "/usr/bin",
+            "/bin",
+        ])
+        .map(|d| Path::new(d).join(p))
+        .find(|c| c.is_file())
+        .unwrap_or_else(|| p.to_path_buf())
+}
+
+pub(crate) struct Inner {
+    pub(crate) opts: PodServiceOptions,
+    pub(crate) images: ImageService,
+    pub(crate) cgroups: Layout,
+    pub(crate) sandboxes: Mutex<HashMap<String, Arc<Entry<SandboxRecord>>>>,
+    pub(crate) containers: Mutex<HashMap<String, Arc<Entry<ContainerRecord>>>>,
+    /// Reserved pod and container names, so concurrent creates cannot both take one.
+    pub(crate) names: Mutex<HashSet<String>>,
+    /// The lowest oom_score_adj berthd may give (no CAP_SYS_RESOURCE: its own value).
+    pub(crate) min_oom_score_adj: i64,
+}
+
+/// Runs pods and containers.
+#[derive(Clone)]
+pub struct PodService {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl PodService {
+    /// Opens the service: loads records, reconnects to monitors, and repairs what a crash
+    /// left half done.
+    pub async fn open(opts: PodServiceOptions, images: ImageService) -> Result<PodService> {
+        for d in [
+            opts.root.join("sandboxes"),
+            opts.root.join("containers"),
+            opts.state.join("pods"),
+            opts.state.join("containers"),
+        ] {
+            crate::fsutil::create_private_dir(&d)?;
+        }
+        for rt in opts.handlers.values() {
+            crate::fsutil::create_private_dir(&rt.root)?;
+        }
+        let cgroups = Layout::detect()?;
+        let min_oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        if min_oom_score_adj > -1000 && !has_cap_sys_resource() {
+            tracing::info!(
+                min = min_oom_score_adj,
+                "no CAP_SYS_RESOURCE: container oom_score_adj values below {min_oom_score_adj} are clamped to it (like containerd's restrict_oom_score_adj)"
+            );
+        }
+        let inner = Arc::new(Inner {
+            opts,
+            images,
+            cgroups,
+            sandboxes: Mutex::new(HashMap::new()),
+            containers: Mutex::new(HashMap::new()),
+            names: Mutex::new(HashSet::new()),
+            min_oom_score_adj: if has_cap_sys_resource() {
+                -1000
+            } else {
+                min_oom_score_adj
+            },
+        });
+        let svc = PodService { inner };
+        svc.recover().await;
+        Ok(svc)
+    }
+
+    async fn recover(&self) {
+        let inner = &self.inner;
+        let sandboxes: Vec<SandboxRecord> = records::load_all(&inner.opts.root.join("sandboxes"));
+        let containers: Vec<ContainerRecord> =
+            records::load_all(&inner.opts.root.join("containers").join("records"));
+        let mut names = inner.names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sb_map = inner.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
+        for s in sandboxes {
+            names.insert(sandbox::name_key(&s.metadata()));
+            sb_map.insert(s.id.clone(), Entry::new(s));
+        }
+        let mut c_map = inner.containers.lock().unwrap_or_else(|p| p.into_inner());
+        for c in containers {
+            if !sb_map.contains_key(&c.pod_id) {
+                tracing::warn!(container = %c.id, pod = %c.pod_id, "container of an unknown pod; ignoring it");
+                continue;
+            }
+            names.insert(container::name_key(&c.pod_id, &c.metadata()));
+            c_map.insert(c.id.clone(), Entry::new(c));
+        }
+        tracing::info!(
+            pods = sb_map.len(),
+            containers = c_map.len(),
+            "recovered state"
+        );
+    }
+
+    pub(crate) fn sandbox(&self, id: &str) -> Result<Arc<Entry<SandboxRecord>>> {
+        let map = self
+            .inner
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get(id) {
+            return Ok(Arc::clone(e));
+        }
+        find_by_prefix(&map, id, "pod sandbox")
+    }
+
+    pub(crate) fn container(&self, id: &str) -> Result<Arc<Entry<ContainerRecord>>> {
+        let map = self
+            .inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = map.get(id) {
+            return Ok(Arc::clone(e));
+        }
+        find_by_prefix(&map, id, "container")
+    }
+
+    pub(crate) fn containers_of(&self, pod_id: &str) -> Vec<Arc<Entry<ContainerRecord>>> {
+        let map = self
+            .inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .filter(|e| e.get().pod_id == pod_id)
+            .cloned()
+            .collect()
+    }
+
+    /// The container using image `image_id`, if any (images in use are not removed).
+    pub fn image_user(&self, image_id: &str) -> Option<String> {
+        let map = self
+            .inner
+            .containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.values()
+            .map(|e| e.get())
+            .find(|c| c.image_id == image_id)
+            .map(|c| c.id)
+    }
+
+    pub(crate) fn runtime(&self, handler: &str) -> Result<OciRuntime> {
+        let name = if handler.is_empty() {
+            &self.inner.opts.default_handler
+        } else {
+            handler
+        };
+        self.inner.opts.handlers.get(name).cloned().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "runtime handler {name:?} is not configured (configured: {})",
+                {
+                    let mut v: Vec<&String> = self.inner.opts.handlers.keys().collect();
+                    v.sort();
+                    v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                }
+            ))
+        })
+    }
+
+    fn reserve(&self, key: String, what: &str) -> Result<NameGuard> {
+        let mut names = self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
+        if !names.insert(key.clone()) {
+            return Err(Error::AlreadyExists(format!("{what} is already in use")));
+        }
+        Ok(NameGuard {
+            inner: Arc::clone(&self.inner),
+            key: Some(key),
+        })
+    }
+}
+
+/// A reserved name, released on drop unless kept.
+pub(crate) struct NameGuard {
+    inner: Arc<Inner>,
+    key: Option<String>,
+}
+
+impl NameGuard {
+    fn keep(mut self) {
+        self.key = None;
+    }
+}
+
+impl Drop for NameGuard {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.inner
+                .names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&k);
+        }
+    }
+}
+
+pub(crate) fn release_name(inner: &Inner, key: &str) {
+    inner
+        .names
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(key);
+}
+
+fn find_by_prefix<T>(map: &HashMap<String, Arc<T>>, id: &str, what: &str) -> Result<Arc<T>> {
+    if id.is_empty() {
+        return Err(Error::InvalidArgument(format!("{what} ID is empty")));
+    }
+    let mut hits = map.iter().filter(|(k, _)| k.starts_with(id));
+    match (hits.next(), hits.next()) {
+        (Some((_, e)), None) => Ok(Arc::clone(e)),
+        (Some(_), Some(_)) => Err(Error::InvalidArgument(format!(
+            "{what} ID prefix {id:?} is ambiguous"
+        ))),
+        _ => Err(Error::NotFound(format!("{what} {id:?} not found"))),
+    }
+}
+
+fn has_cap_sys_resource() -> bool {
+    // CapEff bit 24 is CAP_SYS_RESOURCE.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+/// A new random 64-hex object ID.
+pub fn new_id() -> String {
+    let mut buf = [0u8; 32];
+    let mut filled = 0;
+    while filled < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let n =
+            unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), buf.len() - filled, 0) };
+        if n > 0 {
+            filled += n as usize;
+        } else if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            // getrandom cannot fail on Linux >= 3.17 except for EINTR; fall back to time
+            // and a counter so an ID is still unique.
+            let t = crate::image::pull::now_ns() as u64;
+            buf[..8].copy_from_slice(&t.to_le_bytes());
+            buf[8..12].copy_from_slice(&std::process::id().to_le_bytes());
+            break;
+        }
+    }
+    hex::encode(buf)
+}
+
+/// Now as Unix nanoseconds.
+pub fn now_ns() -> i64 {
+    crate::image::pull::now_ns()
+}
+
+/// True when every `selector` label is present with the same value.
+pub fn labels_match(labels: &HashMap<String, String>, selector: &HashMap<String, String>) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}

@@ -1,0 +1,153 @@
+//! What berth persists about pods and containers, one JSON file per object under the root
+//! directory, replaced atomically. Together with the monitors' exit files these are all
+//! berthd needs to rebuild its view after a restart.
+
+use std::path::{Path, PathBuf};
+
+use k8s_cri::v1 as cri;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+use crate::sandbox::ns::PinnedNamespaces;
+use crate::{Error, Result};
+
+/// State of a pod sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxState {
+    /// Namespaces and monitor are up.
+    Ready,
+    /// Stopped: containers killed, resources released.
+    NotReady,
+}
+
+/// A pod sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    /// 64 hex characters.
+    pub id: String,
+    /// The config kubelet sent.
+    pub config: cri::PodSandboxConfig,
+    /// Creation time, Unix ns.
+    pub created_at_ns: i64,
+    /// Current state.
+    pub state: SandboxState,
+    /// RuntimeClass handler.
+    pub runtime_handler: String,
+    /// The pod's state directory.
+    pub dir: PathBuf,
+    /// Pinned namespaces (None = host's).
+    pub namespaces: PinnedNamespaces,
+    /// The infra process of a shared PID namespace.
+    pub pause_pid: Option<i32>,
+    /// cgroupfs path of the pod cgroup.
+    pub cgroup_parent: String,
+    /// Cgroup directories berth created for the pod (removed with it).
+    pub cgroups_created: Vec<PathBuf>,
+    /// /etc/hostname, /etc/hosts, /etc/resolv.conf for containers.
+    pub hostname_file: PathBuf,
+    /// See `hostname_file`.
+    pub hosts_file: PathBuf,
+    /// See `hostname_file`.
+    pub resolv_file: PathBuf,
+    /// The pod's /dev/shm tmpfs, None with the host IPC namespace.
+    pub shm: Option<PathBuf>,
+    /// Monitor process id.
+    pub monitor_pid: Option<i32>,
+    /// Monitor socket.
+    pub monitor_socket: PathBuf,
+}
+
+impl SandboxRecord {
+    /// The pod's NamespaceOption (CRI defaults when unset).
+    pub fn ns_options(&self) -> cri::NamespaceOption {
+        self.config
+            .linux
+            .as_ref()
+            .and_then(|l| l.security_context.as_ref())
+            .and_then(|s| s.namespace_options.clone())
+            .unwrap_or_default()
+    }
+
+    /// The pod's metadata (empty when kubelet sent none, which RunPodSandbox rejects).
+    pub fn metadata(&self) -> cri::PodSandboxMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+}
+
+/// A container.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// 64 hex characters.
+    pub id: String,
+    /// Its pod.
+    pub pod_id: String,
+    /// The config kubelet sent.
+    pub config: cri::ContainerConfig,
+    /// Image ID (`sha256:` config digest).
+    pub image_id: String,
+    /// The image as the request named it.
+    pub image_ref: String,
+    /// A repo digest of the image, when known (ContainerStatus.image_ref).
+    pub image_digest_ref: String,
+    /// Creation time, Unix ns.
+    pub created_at_ns: i64,
+    /// Start time, Unix ns; 0 until started.
+    pub started_at_ns: i64,
+    /// Absolute log path, if kubelet asked for logs.
+    pub log_path: Option<PathBuf>,
+    /// Bundle directory (config.json, rootfs).
+    pub bundle: PathBuf,
+    /// Persistent directory (upper, work, exit file).
+    pub dir: PathBuf,
+    /// Init pid once created by the runtime.
+    pub pid: i32,
+    /// Set when StartContainer failed: the runtime's message.
+    pub start_error: Option<String>,
+    /// Stop signal from the image config.
+    pub stop_signal: Option<String>,
+    /// Cgroup path of the container (cgroupfs).
+    pub cgroup_path: String,
+}
+
+impl ContainerRecord {
+    /// Where the monitor writes the exit status.
+    pub fn exit_file(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+
+    /// The container's metadata.
+    pub fn metadata(&self) -> cri::ContainerMetadata {
+        self.config.metadata.clone().unwrap_or_default()
+    }
+}
+
+/// Writes a record atomically.
+pub fn save<T: Serialize>(path: &Path, rec: &T) -> Result<()> {
+    let data = serde_json::to_vec(rec)
+        .map_err(|e| Error::Internal(format!("encode {}: {e}", path.display())))?;
+    fsutil::write_atomic(path, &data)
+}
+
+/// Reads every `*.json` record in `dir` (skipping unreadable ones with a warning).
+pub fn load_all<T: for<'de> Deserialize<'de>>(dir: &Path) -> Vec<T> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        match std::fs::read(&p)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(r) => out.push(r),
+            Err(err) => {
+                tracing::warn!(path = %p.display(), error = %err, "skipping unreadable record")
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,412 @@
+//! Pod sandbox lifecycle: RunPodSandbox, StopPodSandbox, RemovePodSandbox, status and list.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use k8s_cri::v1 as cri;
+
+use super::records::{self, SandboxRecord, SandboxState};
+use super::{Entry, PodService, labels_match, new_id, now_ns, release_name};
+use crate::monitor;
+use crate::sandbox::{files, ns};
+use crate::{Error, Result};
+
+/// The key that makes a pod unique: kubelet never runs two sandboxes with the same name,
+/// namespace, uid and attempt.
+pub fn name_key(m: &cri::PodSandboxMetadata) -> String {
+    format!("pod\0{}\0{}\0{}\0{}", m.namespace, m.name, m.uid, m.attempt)
+}
+
+fn is_node(mode: i32) -> bool {
+    mode == cri::NamespaceMode::Node as i32
+}
+
+impl PodService {
+    /// RunPodSandbox: pins namespaces, prepares the pod files, /dev/shm and cgroup, starts
+    /// the infra process for a shared PID namespace and the pod monitor. On failure
+    /// everything done so far is undone.
+    pub async fn run_pod_sandbox(
+        &self,
+        config: cri::PodSandboxConfig,
+        runtime_handler: &str,
+    ) -> Result<String> {
+        let meta = config
+            .metadata
+            .clone()
+            .ok_or_else(|| Error::InvalidArgument("pod sandbox config has no metadata".into()))?;
+        for (field, v) in [
+            ("name", &meta.name),
+            ("namespace", &meta.namespace),
+            ("uid", &meta.uid),
+        ] {
+            if v.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "pod sandbox metadata.{field} is empty"
+                )));
+            }
+        }
+        if !config.log_directory.is_empty()
+            && !std::path::Path::new(&config.log_directory).is_absolute()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "log_directory {:?} must be an absolute path",
+                config.log_directory
+            )));
+        }
+        let runtime = self.runtime(runtime_handler)?;
+        let guard = self.reserve(
+            name_key(&meta),
+            &format!(
+                "pod sandbox name {}/{} (uid {}, attempt {})",
+                meta.namespace, meta.name, meta.uid, meta.attempt
+            ),
+        )?;
+        let id = new_id();
+        let dir = self.inner.opts.state.join("pods").join(&id);
+        let mut rec = SandboxRecord {
+            id: id.clone(),
+            config: config.clone(),
+            created_at_ns: now_ns(),
+            state: SandboxState::Ready,
+            runtime_handler: runtime.name.clone(),
+            dir: dir.clone(),
+            namespaces: Default::default(),
+            pause_pid: None,
+            cgroup_parent: String::new(),
+            cgroups_created: vec![],
+            hostname_file: dir.join("hostname"),
+            hosts_file: dir.join("hosts"),
+            resolv_file: dir.join("resolv.conf"),
+            shm: None,
+            monitor_pid: None,
+            monitor_socket: dir.join("monitor.sock"),
+        };
+        let dir2 = dir.clone();
+        let setup = tokio::task::spawn_blocking({
+            let svc = self.clone();
+            let mut rec = rec.clone();
+            move || svc.setup_sandbox(&mut rec).map(|()| rec)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("sandbox setup task: {e}")))?;
+        match setup {
+            Ok(r) => rec = r,
+            Err(e) => {
+                tracing::warn!(pod = %id, error = %e, "RunPodSandbox failed; cleaning up");
+                let _ = crate::fsutil::remove_all(&dir2);
+                return Err(e);
+            }
+        }
+        let path = self.sandbox_record_path(&id);
+        if let Err(e) = records::save(&path, &rec) {
+            self.teardown(&mut rec).await;
+            let _ = crate::fsutil::remove_all(&dir);
+            return Err(e);
+        }
+        self.inner
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), Entry::new(rec));
+        guard.keep();
+        tracing::info!(pod = %id, name = %meta.name, namespace = %meta.namespace, "pod sandbox ready");
+        Ok(id)
+    }
+
+    fn sandbox_record_path(&self, id: &str) -> PathBuf {
+        self.inner
+            .opts
+            .root
+            .join("sandboxes")
+            .join(format!("{id}.json"))
+    }
+
+    /// The blocking part of RunPodSandbox; on error it undoes its own steps.
+    fn setup_sandbox(&self, rec: &mut SandboxRecord) -> Result<()> {
+        std::fs::create_dir_all(&rec.dir).map_err(|e| Error::io("create", &rec.dir, e))?;
+        let nso = rec.ns_options();
+        let host_net = is_node(nso.network);
+        let host_ipc = is_node(nso.ipc);
+        let hostname = if host_net {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else if rec.config.hostname.is_empty() {
+            rec.metadata().name.chars().take(63).collect()
+        } else {
+            rec.config.hostname.clone()
+        };
+        let result = (|| -> Result<()> {
+            rec.namespaces = ns::pin(
+                &rec.dir.join("ns"),
+                ns::NamespaceRequest {
+                    network: !host_net,
+                    ipc: !host_ipc,
+                    // The UTS namespace goes with the network one: a hostNetwork pod sees
+                    // the node's hostname, as with containerd.
+                    uts: !host_net,
+                },
+                &hostname,
+            )?;
+            files::write_pod_files(
+                &rec.dir,
+                &hostname,
+                host_net,
+                rec.config.dns_config.as_ref(),
+            )?;
+            if !host_ipc {
+                let shm = rec.dir.join("shm");
+                files::mount_shm(&shm)?;
+                rec.shm = Some(shm);
+            }
+            let parent = rec
+                .config
+                .linux
+                .as_ref()
+                .map(|l| l.cgroup_parent.clone())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| {
+                    format!(
+                        "{}/{}",
+                        self.inner.opts.default_cgroup_parent.trim_end_matches('/'),
+                        rec.id
+                    )
+                });
+            rec.cgroups_created = self.inner.cgroups.create(&parent)?;
+            rec.cgroup_parent = parent;
+            let bin = &self.inner.opts.monitor_binary;
+            if !bin.is_file() {
+                return Err(Error::Internal(format!(
+                    "monitor binary {} does not exist",
+                    bin.display()
+                )));
+            }
+            let info = monitor::spawn(bin, &rec.dir)
+                .map_err(|e| Error::Internal(format!("start pod monitor: {e}")))?;
+            rec.monitor_pid = Some(info.pid);
+            rec.monitor_socket = info.socket;
+            if nso.pid == cri::NamespaceMode::Pod as i32 {
+                let pid = monitor::spawn_pause_in_new_pidns(bin, &rec.dir)
+                    .map_err(|e| Error::Internal(format!("start pod infra process: {e}")))?;
+                rec.pause_pid = Some(pid);
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            self.teardown_blocking(rec);
+            crate::cgroups::remove(&rec.cgroups_created);
+        }
+        result
+    }
+
+    /// Releases what a ready sandbox holds, except its cgroup and record.
+    fn teardown_blocking(&self, rec: &mut SandboxRecord) {
+        if let Some(pid) = rec.pause_pid.take() {
+            kill_and_wait(pid);
+        }
+        if let Some(pid) = rec.monitor_pid.take() {
+            kill_and_wait(pid);
+        }
+        if let Some(shm) = &rec.shm {
+            files::unmount(shm);
+        }
+        ns::unpin(&rec.namespaces);
+    }
+
+    async fn teardown(&self, rec: &mut SandboxRecord) {
+        if rec.monitor_pid.is_some() {
+            let client = monitor::MonitorClient::new(rec.monitor_socket.clone());
+            if client.shutdown().await.is_ok()
+                && let Some(pid) = rec.monitor_pid
+            {
+                wait_gone(pid, std::time::Duration::from_secs(5)).await;
+            }
+        }
+        let svc = self.clone();
+        let mut r = rec.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            svc.teardown_blocking(&mut r);
+            r
+        })
+        .await;
+        if let Ok(r) = r {
+            *rec = r;
+        }
+    }
+
+    /// StopPodSandbox: kills every container of the pod and releases namespaces, shm, the
+    /// infra process and the monitor; the record stays. Idempotent; unknown IDs are fine.
+    pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
+        let entry = match self.sandbox(id) {
+            Ok(e) => e,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let _op = entry.op.lock().await;
+        let rec = entry.get();
+        for c in self.containers_of(&rec.id) {
+            let cid = c.get().id;
+            if let Err(e) = self.stop_container(&cid, 0).await {
+                tracing::warn!(container = %cid, error = %e, "stopping container of stopped pod");
+            }
+        }
+        if rec.state == SandboxState::NotReady {
+            return Ok(());
+        }
+        let mut rec = rec;
+        self.teardown(&mut rec).await;
+        rec.state = SandboxState::NotReady;
+        records::save(&self.sandbox_record_path(&rec.id), &rec)?;
+        entry.update(|r| *r = rec);
+        tracing::info!(pod = %id, "pod sandbox stopped");
+        Ok(())
+    }
+
+    /// RemovePodSandbox: stops the pod if needed, removes its containers, cgroup, state
+    /// directory and record. Idempotent; unknown IDs are fine.
+    pub async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
+        let entry = match self.sandbox(id) {
+            Ok(e) => e,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        self.stop_pod_sandbox(&entry.get().id).await?;
+        let _op = entry.op.lock().await;
+        let rec = entry.get();
+        for c in self.containers_of(&rec.id) {
+            let cid = c.get().id;
+            self.remove_container(&cid).await?;
+        }
+        crate::cgroups::remove(&rec.cgroups_created);
+        crate::fsutil::remove_all(&rec.dir)?;
+        crate::fsutil::remove_all(&self.sandbox_record_path(&rec.id))?;
+        self.inner
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.id);
+        release_name(&self.inner, &name_key(&rec.metadata()));
+        tracing::info!(pod = %rec.id, "pod sandbox removed");
+        Ok(())
+    }
+
+    /// PodSandboxStatus.
+    pub fn pod_sandbox_status(
+        &self,
+        id: &str,
+        verbose: bool,
+    ) -> Result<(cri::PodSandboxStatus, HashMap<String, String>)> {
+        let rec = self.sandbox(id)?.get();
+        let status = cri::PodSandboxStatus {
+            id: rec.id.clone(),
+            metadata: Some(rec.metadata()),
+            state: sandbox_state(&rec) as i32,
+            created_at: rec.created_at_ns,
+            network: Some(cri::PodSandboxNetworkStatus {
+                ip: String::new(),
+                additional_ips: vec![],
+            }),
+            linux: Some(cri::LinuxPodSandboxStatus {
+                namespaces: Some(cri::Namespace {
+                    options: Some(rec.ns_options()),
+                }),
+            }),
+            labels: rec.config.labels.clone(),
+            annotations: rec.config.annotations.clone(),
+            runtime_handler: rec.runtime_handler.clone(),
+        };
+        let mut info = HashMap::new();
+        if verbose {
+            let v = serde_json::json!({
+                "id": rec.id,
+                "state": rec.state,
+                "dir": rec.dir,
+                "namespaces": rec.namespaces,
+                "pausePid": rec.pause_pid,
+                "monitorPid": rec.monitor_pid,
+                "cgroupParent": rec.cgroup_parent,
+                "runtimeHandler": rec.runtime_handler,
+                "config": rec.config,
+            });
+            info.insert("info".to_string(), v.to_string());
+        }
+        Ok((status, info))
+    }
+
+    /// ListPodSandbox with CRI's filter (id or id prefix, state, label selector).
+    pub fn list_pod_sandbox(&self, filter: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
+        let entries: Vec<_> = self
+            .inner
+            .sandboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out: Vec<cri::PodSandbox> = entries
+            .iter()
+            .map(|e| e.get())
+            .filter(|r| match filter {
+                None => true,
+                Some(f) => {
+                    (f.id.is_empty() || r.id.starts_with(&f.id))
+                        && f.state
+                            .as_ref()
+                            .is_none_or(|s| s.state == sandbox_state(r) as i32)
+                        && labels_match(&r.config.labels, &f.label_selector)
+                }
+            })
+            .map(|r| cri::PodSandbox {
+                id: r.id.clone(),
+                metadata: Some(r.metadata()),
+                state: sandbox_state(&r) as i32,
+                created_at: r.created_at_ns,
+                labels: r.config.labels.clone(),
+                annotations: r.config.annotations.clone(),
+                runtime_handler: r.runtime_handler.clone(),
+            })
+            .collect();
+        out.sort_by_key(|p| std::cmp::Reverse(p.created_at));
+        out
+    }
+}
+
+fn sandbox_state(r: &SandboxRecord) -> cri::PodSandboxState {
+    match r.state {
+        SandboxState::Ready => cri::PodSandboxState::SandboxReady,
+        SandboxState::NotReady => cri::PodSandboxState::SandboxNotready,
+    }
+}
+
+/// SIGKILLs a process berth started and waits (bounded) until it is gone.
+fn kill_and_wait(pid: i32) {
+    if pid <= 1 {
+        return;
+    }
+    let p = nix::unistd::Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(p, nix::sys::signal::Signal::SIGKILL);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline && process_alive(pid) {
+        // Reap it if it is our child (the infra process may be); ignore otherwise.
+        let _ = nix::sys::wait::waitpid(p, Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+async fn wait_gone(pid: i32, limit: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline && process_alive(pid) {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

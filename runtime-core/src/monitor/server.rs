@@ -257,6 +257,14 @@ struct Server {
 impl Server {
     fn start(pod_dir: &Path) -> Result<Server, MonitorError> {
         close_inherited_fds();
+        // Fixed malloc thresholds: a large request or a burst of output must not leave the
+        // heap grown (glibc's dynamic mmap threshold would keep such blocks on the heap).
+        #[cfg(target_env = "gnu")]
+        // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 64 * 1024);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+        }
         let pod_dir =
             std::path::absolute(pod_dir).map_err(|e| MonitorError::io("bad pod directory", e))?;
         // SAFETY: umask and signal only change process attributes.
@@ -303,6 +311,7 @@ impl Server {
         let pid_path = pod_dir.join(PID_FILE);
         spawn::write_pid_file(&pid_path, std::process::id() as i32)?;
         let listener = UnixListener::bind(&socket_path).map_err(|e| {
+            let _ = std::fs::remove_file(&pid_path);
             MonitorError::io(format!("cannot listen on {}", socket_path.display()), e)
         })?;
         listener
@@ -746,7 +755,7 @@ impl Server {
                     }
                     Ok(n) => {
                         c.inbuf.extend_from_slice(&self.readbuf[..n]);
-                        if c.inbuf.len() > MAX_REQUEST || c.inbuf.contains(&b'\n') {
+                        if c.inbuf.len() > MAX_REQUEST || self.readbuf[..n].contains(&b'\n') {
                             break;
                         }
                     }

@@ -136,7 +136,7 @@ impl PodService {
     pub async fn open(opts: PodServiceOptions, images: ImageService) -> Result<PodService> {
         for d in [
             opts.root.join("sandboxes"),
-            opts.root.join("containers"),
+            opts.root.join("containers").join("records"),
             opts.state.join("pods"),
             opts.state.join("containers"),
         ] {
@@ -146,6 +146,9 @@ impl PodService {
             crate::fsutil::create_private_dir(&rt.root)?;
         }
         let cgroups = Layout::detect()?;
+        // The shared default parent is created once and kept, so that removing one pod
+        // never races with another pod creating its cgroup below it.
+        let _ = cgroups.create(&opts.default_cgroup_parent)?;
         let min_oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
             .ok()
             .and_then(|s| s.trim().parse::<i64>().ok())

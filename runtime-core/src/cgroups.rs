@@ -49,11 +49,7 @@ impl Layout {
                 None => continue,
             };
             match right.split(' ').next() {
-                Some("cgroup") => {
-                    if !v1.contains(&mountpoint) {
-                        v1.push(mountpoint);
-                    }
-                }
+                Some("cgroup") if !v1.contains(&mountpoint) => v1.push(mountpoint),
                 Some("cgroup2") if v2.is_none() => v2 = Some(mountpoint),
                 _ => {}
             }

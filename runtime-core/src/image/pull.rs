@@ -379,7 +379,7 @@ async fn stream_and_unpack(
 /// A decompressor chosen by the stream's magic bytes rather than the media type, since
 /// registries and build tools mislabel layers often enough (as containerd also sniffs).
 enum Decoder<R: BufRead> {
-    Gzip(flate2::bufread::MultiGzDecoder<R>),
+    Gzip(Box<flate2::bufread::MultiGzDecoder<R>>),
     Zstd(zstd::stream::read::Decoder<'static, R>),
     Plain(R),
 }
@@ -406,7 +406,9 @@ impl<R: BufRead> Read for Decoder<R> {
 
 fn decoder_for<R: BufRead>(head: &[u8], reader: R) -> Result<Decoder<R>> {
     if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Decoder::Gzip(flate2::bufread::MultiGzDecoder::new(reader)))
+        Ok(Decoder::Gzip(Box::new(
+            flate2::bufread::MultiGzDecoder::new(reader),
+        )))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         zstd::stream::read::Decoder::with_buffer(reader)
             .map(Decoder::Zstd)

@@ -366,10 +366,10 @@ impl Store {
                 if let Some(img) = st.images.values().find(|i| i.repo_digests.contains(&want)) {
                     return Ok(Some((img.clone(), Match::Digest(want))));
                 }
-            } else if let Some(t) = r.tagged_string() {
-                if let Some(img) = st.images.values().find(|i| i.repo_tags.contains(&t)) {
-                    return Ok(Some((img.clone(), Match::Tag(t))));
-                }
+            } else if let Some(t) = r.tagged_string()
+                && let Some(img) = st.images.values().find(|i| i.repo_tags.contains(&t))
+            {
+                return Ok(Some((img.clone(), Match::Tag(t))));
             }
         }
         let hex = spec.strip_prefix("sha256:").unwrap_or(spec);

@@ -104,12 +104,9 @@ impl PodService {
             .images
             .status(&image_name)?
             .ok_or_else(|| Error::NotFound(format!("image {image_name:?} not found")))?;
-        // The pod's own config is authoritative; kubelet sends the same one.
-        let sandbox_config = if sandbox_config.is_some() {
-            pod.config.clone()
-        } else {
-            pod.config.clone()
-        };
+        // The pod's own config is authoritative; kubelet sends the same one in the request.
+        let _ = sandbox_config;
+        let sandbox_config = pod.config.clone();
         let log_path = resolve_log_path(&sandbox_config.log_directory, &config.log_path)?;
         let guard = self.reserve(
             name_key(&pod.id, &meta),

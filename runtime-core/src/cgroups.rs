@@ -11,8 +11,8 @@ use crate::{Error, Result};
 /// The cgroup filesystem layout of the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
-    /// cgroup v1: one mount per hierarchy (the hybrid layout's unified mount holds no
-    /// controllers and is ignored).
+    /// cgroup v1: one mount per hierarchy (plus, in the hybrid layout, the controller-less
+    /// unified mount, where runc also places containers).
     V1 {
         /// Mount points of the v1 hierarchies.
         hierarchies: Vec<PathBuf>,
@@ -55,6 +55,9 @@ impl Layout {
             }
         }
         if !v1.is_empty() {
+            // In the hybrid layout runc also creates container cgroups in the unified
+            // hierarchy, so the pod's directory is made (and removed) there as well.
+            v1.extend(v2);
             return Ok(Layout::V1 { hierarchies: v1 });
         }
         match v2 {
@@ -232,7 +235,7 @@ mod tests {
     #[test]
     fn detects_layouts() {
         match Layout::from_mountinfo(HYBRID).unwrap() {
-            Layout::V1 { hierarchies } => assert_eq!(hierarchies.len(), 3),
+            Layout::V1 { hierarchies } => assert_eq!(hierarchies.len(), 4),
             other => panic!("{other:?}"),
         }
         assert_eq!(

@@ -61,8 +61,17 @@ impl PodService {
                 meta.namespace, meta.name, meta.uid, meta.attempt
             ),
         )?;
-        let id = new_id();
-        let dir = self.inner.opts.state.join("pods").join(&id);
+        // The pod directory is named by a 12-character ID prefix: the monitor's socket lives
+        // in it and unix socket paths are limited to 107 bytes.
+        let (id, dir) = loop {
+            let id = new_id();
+            let dir = self.inner.opts.state.join("pods").join(&id[..12]);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => break (id, dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io("create", &dir, e)),
+            }
+        };
         let mut rec = SandboxRecord {
             id: id.clone(),
             config: config.clone(),

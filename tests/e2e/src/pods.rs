@@ -623,9 +623,10 @@ impl PodEnv {
         self.berthd.state().join("pods")
     }
 
-    /// `<state>/pods/<id>`.
+    /// `<state>/pods/<first 12 characters of id>` (short, because the monitor's unix
+    /// socket lives in it and socket paths are limited to 107 bytes).
     pub fn pod_dir(&self, id: &str) -> PathBuf {
-        self.pods_dir().join(id)
+        self.pods_dir().join(&id[..12.min(id.len())])
     }
 
     /// `<state>/containers/<id>`.

@@ -35,6 +35,30 @@ pub struct Config {
     pub image: ImageConfig,
     /// Container runtime settings.
     pub runtime: RuntimeConfig,
+    /// Pod networking (CNI) settings.
+    pub cni: CniConfig,
+}
+
+/// The `[cni]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CniConfig {
+    /// Directory of CNI network configs; the lexically first valid one is used.
+    pub conf_dir: PathBuf,
+    /// Directories searched for plugin binaries, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// Seconds a plugin may run before it is killed.
+    pub plugin_timeout_secs: u64,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            plugin_timeout_secs: 60,
+        }
+    }
 }
 
 /// The `[runtime]` table.
@@ -120,6 +144,7 @@ impl Default for Config {
             metrics_address: None,
             image: ImageConfig::default(),
             runtime: RuntimeConfig::default(),
+            cni: CniConfig::default(),
         }
     }
 }
@@ -251,6 +276,16 @@ path = "runc"
 
 [runtime.handlers.crun]
 path = "crun"
+
+[cni]
+# CNI network configs: the lexically first valid *.conflist / *.conf / *.json is used.
+conf_dir = "/etc/cni/net.d"
+
+# Where CNI plugin binaries are looked for, in order (/usr/lib/cni is Debian's place).
+bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
+
+# Seconds a CNI plugin may run before it is killed and the pod fails.
+plugin_timeout_secs = 60
 "#,
             root = d.root.display(),
             state = d.state.display(),

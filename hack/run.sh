@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs berth's dependencies if missing, builds the release binary and runs berthd in
+# Installs berth's dependencies if missing, installs the default CNI network when
+# /etc/cni/net.d has none, builds the release binaries and runs berthd in
 # the foreground with the default configuration (/etc/berth/berth.toml if present,
 # built-in defaults otherwise), serving CRI on /run/berth/berth.sock. Extra arguments go
 # to berthd, e.g. `hack/run.sh --log-level debug`.
@@ -17,5 +18,6 @@ hack/install-deps.sh
 if ! command -v cargo >/dev/null 2>&1 && [ -f "$HOME/.cargo/env" ]; then
   . "$HOME/.cargo/env"
 fi
-cargo build --release --locked -p cri-server
+hack/install-cni-config.sh /etc/cni/net.d
+cargo build --release --locked -p cri-server --bins
 exec target/release/berthd "$@"

@@ -1,6 +1,7 @@
 //! berthd: the berth CRI runtime daemon. kubelet and crictl talk CRI v1 gRPC to it over a
 //! unix socket.
 
+mod authority;
 mod image;
 mod metrics;
 mod runtime;
@@ -17,6 +18,7 @@ use k8s_cri::v1 as cri;
 use runtime_core::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
 use runtime_core::image::{ImageService, ImageServiceOptions};
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::UnixListenerStream;
 
 /// How long in-flight RPCs may run after SIGTERM / SIGINT before they are cancelled.
@@ -204,7 +206,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), wait_stop());
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|conn| conn.map(authority::AuthorityFix::new)),
+            wait_stop(),
+        );
 
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;

@@ -1118,15 +1118,21 @@ impl PodEnv {
             Self::dir_entries(&dir)
         );
         // The monitor may take a moment to be reaped.
+        let dir_str = dir.display().to_string();
+        let pod_procs = || {
+            let mut p = processes_mentioning(id);
+            p.extend(processes_mentioning(&dir_str));
+            p
+        };
         let procs = poll_until(Duration::from_secs(5), "pod processes to be gone", || {
-            let p = processes_mentioning(id);
+            let p = pod_procs();
             async move { Ok(p.is_empty().then_some(())) }
         })
         .await;
         assert!(
             procs.is_ok(),
-            "processes mentioning pod {id} remain after RemovePodSandbox: {:?}",
-            processes_mentioning(id)
+            "processes mentioning pod {id} or its dir remain after RemovePodSandbox: {:?}",
+            pod_procs()
         );
         let cg = if cgroup_parent.is_empty() {
             format!("/berth/{id}")

@@ -554,7 +554,17 @@ async fn bad_pod_requests() -> Result<()> {
         vec![id.clone()],
         "one pod after the duplicate"
     );
-    assert_eq!(PodEnv::dir_entries(&env.pods_dir()), vec![id.clone()]);
+    let dir_name = env
+        .pod_dir(&id)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(
+        PodEnv::dir_entries(&env.pods_dir()),
+        vec![dir_name],
+        "one pod dir"
+    );
 
     // Another attempt of the same pod is a different sandbox.
     let mut next = cfg.clone();

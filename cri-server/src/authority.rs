@@ -1,0 +1,535 @@
+//! Accepting the `:authority` that many gRPC clients send over unix sockets.
+//!
+//! kubelet and crictl up to Kubernetes 1.26 (and grpc-java, grpc-python, ...) send the
+//! socket *path* as the HTTP/2 `:authority` of every request on a unix socket. The h2
+//! server under tonic rejects such a request as malformed (RST_STREAM PROTOCOL_ERROR; see
+//! hyperium/h2 PR 487, still open), while containerd and CRI-O, built on grpc-go, accept it.
+//! So berth inspects the first header block of each connection: when its `:authority` is
+//! not a valid URI authority, every header block of that connection is decoded (HPACK,
+//! keeping the client's dynamic table) and re-encoded with `:authority: localhost`, the
+//! value grpc-go itself now uses for unix sockets. Otherwise the connection is passed
+//! through untouched from then on, at no cost.
+//!
+//! Only the client-to-server direction is rewritten; frames other than HEADERS and
+//! CONTINUATION are copied as they are.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BufMut, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_HEADERS: u8 = 0x1;
+const FRAME_CONTINUATION: u8 = 0x9;
+const FLAG_END_STREAM: u8 = 0x1;
+const FLAG_END_HEADERS: u8 = 0x4;
+const FLAG_PADDED: u8 = 0x8;
+const FLAG_PRIORITY: u8 = 0x20;
+/// The default SETTINGS_MAX_FRAME_SIZE of the h2 server; re-encoded blocks are split to fit.
+const MAX_FRAME: usize = 16_384;
+/// Frames larger than this are not buffered: the connection is passed through and h2
+/// reports the error.
+const MAX_BUFFERED_FRAME: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Waiting for the connection preface.
+    Preface,
+    /// Waiting for the first complete header block.
+    Detect,
+    /// Re-encoding every header block.
+    Rewrite,
+    /// Copying bytes through.
+    Passthrough,
+}
+
+/// A connection whose incoming HTTP/2 header blocks get a valid `:authority`.
+pub struct AuthorityFix<S> {
+    inner: S,
+    mode: Mode,
+    /// Bytes read from `inner` not yet processed.
+    input: BytesMut,
+    /// Processed bytes ready for the reader.
+    output: BytesMut,
+    /// A HEADERS frame and its CONTINUATIONs while the block is incomplete.
+    pending: Option<PendingBlock>,
+    decoder: loona_hpack::Decoder<'static>,
+    eof: bool,
+}
+
+struct PendingBlock {
+    /// The frames exactly as received, for pass-through.
+    raw: BytesMut,
+    /// The concatenated header block fragment.
+    block: BytesMut,
+    stream_id: u32,
+    end_stream: bool,
+}
+
+impl<S> AuthorityFix<S> {
+    /// Wraps an accepted connection.
+    pub fn new(inner: S) -> AuthorityFix<S> {
+        AuthorityFix {
+            inner,
+            mode: Mode::Preface,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            pending: None,
+            decoder: loona_hpack::Decoder::new(),
+            eof: false,
+        }
+    }
+
+    /// Moves complete units from `input` to `output`.
+    fn process(&mut self) {
+        loop {
+            match self.mode {
+                Mode::Passthrough => {
+                    let all = self.input.split();
+                    self.output.extend_from_slice(&all);
+                    return;
+                }
+                Mode::Preface => {
+                    if self.input.len() < PREFACE.len() {
+                        if !PREFACE.starts_with(&self.input) {
+                            self.mode = Mode::Passthrough;
+                            continue;
+                        }
+                        return;
+                    }
+                    if &self.input[..PREFACE.len()] != PREFACE {
+                        self.mode = Mode::Passthrough;
+                        continue;
+                    }
+                    let p = self.input.split_to(PREFACE.len());
+                    self.output.extend_from_slice(&p);
+                    self.mode = Mode::Detect;
+                }
+                Mode::Detect | Mode::Rewrite => {
+                    if self.input.len() < 9 {
+                        return;
+                    }
+                    let len = (usize::from(self.input[0]) << 16)
+                        | (usize::from(self.input[1]) << 8)
+                        | usize::from(self.input[2]);
+                    if len > MAX_BUFFERED_FRAME {
+                        self.give_up();
+                        continue;
+                    }
+                    if self.input.len() < 9 + len {
+                        return;
+                    }
+                    let frame = self.input.split_to(9 + len);
+                    self.frame(frame);
+                }
+            }
+        }
+    }
+
+    /// Stops rewriting: everything buffered goes out as received.
+    fn give_up(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.output.extend_from_slice(&p.raw);
+        }
+        self.mode = Mode::Passthrough;
+    }
+
+    fn frame(&mut self, frame: BytesMut) {
+        let kind = frame[3];
+        let flags = frame[4];
+        let stream_id = u32::from_be_bytes([frame[5], frame[6], frame[7], frame[8]]) & 0x7fff_ffff;
+        let payload = &frame[9..];
+        match kind {
+            FRAME_HEADERS if self.pending.is_none() => {
+                let Some(fragment) = headers_fragment(flags, payload) else {
+                    self.output.extend_from_slice(&frame);
+                    self.mode = Mode::Passthrough;
+                    return;
+                };
+                let mut p = PendingBlock {
+                    raw: BytesMut::new(),
+                    block: BytesMut::new(),
+                    stream_id,
+                    end_stream: flags & FLAG_END_STREAM != 0,
+                };
+                p.block.extend_from_slice(fragment);
+                p.raw.extend_from_slice(&frame);
+                self.pending = Some(p);
+                if flags & FLAG_END_HEADERS != 0 {
+                    self.finish_block();
+                }
+            }
+            FRAME_CONTINUATION
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.stream_id == stream_id) =>
+            {
+                if let Some(p) = self.pending.as_mut() {
+                    p.block.extend_from_slice(payload);
+                    p.raw.extend_from_slice(&frame);
+                }
+                if flags & FLAG_END_HEADERS != 0 {
+                    self.finish_block();
+                }
+            }
+            _ if self.pending.is_some() => {
+                // Anything else inside a header block is a protocol error h2 will report.
+                self.give_up();
+                self.output.extend_from_slice(&frame);
+            }
+            _ => self.output.extend_from_slice(&frame),
+        }
+    }
+
+    fn finish_block(&mut self) {
+        let Some(p) = self.pending.take() else { return };
+        let headers = match self.decoder.decode(&p.block) {
+            Ok(h) => h,
+            Err(_) => {
+                self.output.extend_from_slice(&p.raw);
+                self.mode = Mode::Passthrough;
+                return;
+            }
+        };
+        if self.mode == Mode::Detect {
+            let bad = headers
+                .iter()
+                .any(|(n, v)| n.as_slice() == b":authority" && !valid_authority(v));
+            if !bad {
+                self.output.extend_from_slice(&p.raw);
+                self.mode = Mode::Passthrough;
+                return;
+            }
+            tracing::debug!("client sends a socket path as :authority; rewriting it to localhost");
+            self.mode = Mode::Rewrite;
+        }
+        let mut block = Vec::with_capacity(p.block.len() + 16);
+        for (name, value) in &headers {
+            let value: &[u8] = if name.as_slice() == b":authority" && !valid_authority(value) {
+                b"localhost"
+            } else {
+                value
+            };
+            encode_literal(&mut block, name, value);
+        }
+        write_header_frames(&mut self.output, p.stream_id, p.end_stream, &block);
+    }
+}
+
+/// The header block fragment of a HEADERS frame payload (padding and priority removed).
+fn headers_fragment(flags: u8, payload: &[u8]) -> Option<&[u8]> {
+    let mut start = 0;
+    let mut end = payload.len();
+    if flags & FLAG_PADDED != 0 {
+        let pad = usize::from(*payload.first()?);
+        start += 1;
+        end = end.checked_sub(pad)?;
+    }
+    if flags & FLAG_PRIORITY != 0 {
+        start += 5;
+    }
+    (start <= end).then(|| &payload[start..end])
+}
+
+/// True when `v` parses as a URI authority, as h2 requires.
+fn valid_authority(v: &[u8]) -> bool {
+    http::uri::Authority::try_from(v).is_ok()
+}
+
+/// HPACK "literal header field without indexing — new name", no Huffman coding, so the
+/// server's dynamic table is never touched by re-encoded blocks.
+fn encode_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(0x00);
+    encode_string(out, name);
+    encode_string(out, value);
+}
+
+fn encode_string(out: &mut Vec<u8>, s: &[u8]) {
+    encode_integer(out, s.len(), 7, 0x00);
+    out.extend_from_slice(s);
+}
+
+/// HPACK integer with an N-bit prefix (RFC 7541 5.1).
+fn encode_integer(out: &mut Vec<u8>, mut value: usize, prefix_bits: u8, first_byte_flags: u8) {
+    let max = (1usize << prefix_bits) - 1;
+    if value < max {
+        out.push(first_byte_flags | value as u8);
+        return;
+    }
+    out.push(first_byte_flags | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128 + 128) as u8);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+/// A HEADERS frame (plus CONTINUATIONs when the block is larger than one frame).
+fn write_header_frames(out: &mut BytesMut, stream_id: u32, end_stream: bool, block: &[u8]) {
+    let mut chunks = block.chunks(MAX_FRAME).peekable();
+    let mut first = true;
+    if block.is_empty() {
+        put_frame_header(
+            out,
+            0,
+            FRAME_HEADERS,
+            FLAG_END_HEADERS | if end_stream { FLAG_END_STREAM } else { 0 },
+            stream_id,
+        );
+        return;
+    }
+    while let Some(chunk) = chunks.next() {
+        let last = chunks.peek().is_none();
+        let mut flags = if last { FLAG_END_HEADERS } else { 0 };
+        let kind = if first {
+            if end_stream {
+                flags |= FLAG_END_STREAM;
+            }
+            FRAME_HEADERS
+        } else {
+            FRAME_CONTINUATION
+        };
+        put_frame_header(out, chunk.len(), kind, flags, stream_id);
+        out.extend_from_slice(chunk);
+        first = false;
+    }
+}
+
+fn put_frame_header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream_id: u32) {
+    out.put_u8((len >> 16) as u8);
+    out.put_u8((len >> 8) as u8);
+    out.put_u8(len as u8);
+    out.put_u8(kind);
+    out.put_u8(flags);
+    out.put_u32(stream_id & 0x7fff_ffff);
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.output.is_empty() {
+                let n = buf.remaining().min(this.output.len());
+                buf.put_slice(&this.output[..n]);
+                this.output.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            if this.mode == Mode::Passthrough && this.input.is_empty() && this.pending.is_none() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            if this.eof {
+                // The peer closed mid-frame: hand over what is left as it came.
+                if let Some(p) = this.pending.take() {
+                    this.output.extend_from_slice(&p.raw);
+                }
+                let rest = this.input.split();
+                this.output.extend_from_slice(&rest);
+                if this.output.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            let mut tmp = [0u8; 8192];
+            let mut rb = ReadBuf::new(&mut tmp);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) => {
+                    if rb.filled().is_empty() {
+                        this.eof = true;
+                    } else {
+                        this.input.extend_from_slice(rb.filled());
+                        this.process();
+                    }
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for AuthorityFix<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for AuthorityFix<tokio::net::UnixStream> {
+    type ConnectInfo = <tokio::net::UnixStream as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn headers_frame(stream: u32, flags: u8, block: &[u8]) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        put_frame_header(&mut out, block.len(), FRAME_HEADERS, flags, stream);
+        out.extend_from_slice(block);
+        out.to_vec()
+    }
+
+    async fn run(input: Vec<u8>) -> Vec<u8> {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        client.write_all(&input).await.unwrap();
+        drop(client);
+        let mut fix = AuthorityFix::new(server);
+        let mut out = Vec::new();
+        fix.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    fn decode_blocks(mut bytes: &[u8]) -> Vec<Vec<(Vec<u8>, Vec<u8>)>> {
+        assert!(bytes.starts_with(PREFACE));
+        bytes = &bytes[PREFACE.len()..];
+        let mut dec = loona_hpack::Decoder::new();
+        let mut out = vec![];
+        let mut block = vec![];
+        while bytes.len() >= 9 {
+            let len = (usize::from(bytes[0]) << 16)
+                | (usize::from(bytes[1]) << 8)
+                | usize::from(bytes[2]);
+            let (kind, flags) = (bytes[3], bytes[4]);
+            let payload = &bytes[9..9 + len];
+            if kind == FRAME_HEADERS || kind == FRAME_CONTINUATION {
+                block.extend_from_slice(if kind == FRAME_HEADERS {
+                    headers_fragment(flags, payload).unwrap()
+                } else {
+                    payload
+                });
+                if flags & FLAG_END_HEADERS != 0 {
+                    out.push(dec.decode(&block).unwrap());
+                    block.clear();
+                }
+            }
+            bytes = &bytes[9 + len..];
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn rewrites_path_authority_and_keeps_dynamic_table_state() {
+        let mut enc = loona_hpack::Encoder::new();
+        let h1: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", b"/runtime.v1.RuntimeService/Version"),
+            (b":authority", b"/run/berth/berth.sock"),
+            (b"content-type", b"application/grpc"),
+            (b"user-agent", b"grpc-go/1.51.0"),
+        ];
+        // The second block reuses dynamic-table entries the first one created.
+        let b1 = enc.encode(h1.iter().copied());
+        let b2 = enc.encode(h1.iter().copied());
+        let mut input = PREFACE.to_vec();
+        input.extend(headers_frame(1, FLAG_END_HEADERS, &b1));
+        // A DATA frame in between passes unchanged.
+        input.extend([0, 0, 1, 0, 1, 0, 0, 0, 1, 0xaa]);
+        // Split the second block over HEADERS (padded) + CONTINUATION.
+        let (a, b) = b2.split_at(3);
+        let mut padded = vec![2u8];
+        padded.extend_from_slice(a);
+        padded.extend([0, 0]);
+        input.extend(headers_frame(3, FLAG_PADDED | FLAG_END_STREAM, &padded));
+        let mut cont = BytesMut::new();
+        put_frame_header(&mut cont, b.len(), FRAME_CONTINUATION, FLAG_END_HEADERS, 3);
+        cont.extend_from_slice(b);
+        input.extend(cont.to_vec());
+        let out = run(input).await;
+        let blocks = decode_blocks(&out);
+        assert_eq!(blocks.len(), 2);
+        for b in &blocks {
+            let auth = b.iter().find(|(n, _)| n == b":authority").unwrap();
+            assert_eq!(auth.1, b"localhost");
+            assert!(
+                b.iter()
+                    .any(|(n, v)| n == b":path" && v == b"/runtime.v1.RuntimeService/Version")
+            );
+            assert!(
+                b.iter()
+                    .any(|(n, v)| n == b"user-agent" && v == b"grpc-go/1.51.0")
+            );
+        }
+        // The DATA frame survived.
+        assert!(
+            out.windows(10)
+                .any(|w| w == [0, 0, 1, 0, 1, 0, 0, 0, 1, 0xaa])
+        );
+    }
+
+    #[tokio::test]
+    async fn valid_authority_passes_through_byte_for_byte() {
+        let mut enc = loona_hpack::Encoder::new();
+        let h: Vec<(&[u8], &[u8])> = vec![
+            (b":method", b"POST"),
+            (b":authority", b"localhost"),
+            (b":path", b"/x"),
+        ];
+        let b1 = enc.encode(h.iter().copied());
+        let mut input = PREFACE.to_vec();
+        input.extend(headers_frame(1, FLAG_END_HEADERS, &b1));
+        input.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(run(input.clone()).await, input);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_passed_through() {
+        let input = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        assert_eq!(run(input.clone()).await, input);
+        let mut bad = PREFACE.to_vec();
+        bad.extend(headers_frame(1, FLAG_END_HEADERS, &[0xff, 0xff, 0xff]));
+        assert_eq!(run(bad.clone()).await, bad);
+        // Truncated frame at EOF.
+        let mut trunc = PREFACE.to_vec();
+        trunc.extend([0, 0, 50, 1, 4, 0, 0, 0, 1, 1, 2]);
+        assert_eq!(run(trunc.clone()).await, trunc);
+    }
+
+    #[test]
+    fn integers_encode_per_rfc() {
+        let mut v = vec![];
+        encode_integer(&mut v, 10, 5, 0);
+        assert_eq!(v, [10]);
+        v.clear();
+        encode_integer(&mut v, 1337, 5, 0);
+        assert_eq!(v, [31, 154, 10]);
+        assert!(valid_authority(b"localhost"));
+        assert!(!valid_authority(b"/run/berth/berth.sock"));
+    }
+}

@@ -585,6 +585,57 @@ mod tests {
         );
     }
 
+    /// Records formatted events (level and message) of the current thread.
+    struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+    struct MessageVisitor(String);
+
+    impl tracing::field::Visit for MessageVisitor {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0 = format!("{value:?}");
+            }
+        }
+    }
+
+    impl tracing::Subscriber for Capture {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            let mut visitor = MessageVisitor(String::new());
+            event.record(&mut visitor);
+            let line = format!("{} {}", event.metadata().level(), visitor.0);
+            self.0.lock().expect("lock").push(line);
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    #[test]
+    fn skipped_files_are_logged_as_warnings_naming_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bad = write(dir.path(), "10-bad.conflist", "{\"cniVersion\": ");
+        write(dir.path(), "20-good.conflist", LIST);
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let load =
+            tracing::subscriber::with_default(Capture(lines.clone()), || load_dir(dir.path()));
+        assert_eq!(load.network.expect("network").name, "net-a");
+        let lines = lines.lock().expect("lock").clone();
+        let warnings: Vec<&String> = lines.iter().filter(|l| l.starts_with("WARN")).collect();
+        assert_eq!(warnings.len(), 1, "{lines:?}");
+        assert!(
+            warnings[0].contains(&bad.display().to_string()),
+            "{lines:?}"
+        );
+        assert!(warnings[0].contains("not valid JSON"), "{lines:?}");
+    }
+
     #[test]
     fn missing_dir_has_no_network() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -143,7 +143,8 @@ mod tests {
         let mut empty_netns = ok.clone();
         empty_netns.netns = PathBuf::new();
         assert!(empty_netns.validate().is_ok());
-        let cases: Vec<Box<dyn Fn(&mut Attachment)>> = vec![
+        type Change = Box<dyn Fn(&mut Attachment)>;
+        let cases: Vec<Change> = vec![
             Box::new(|a| a.container_id = String::new()),
             Box::new(|a| a.container_id = "../../etc".into()),
             Box::new(|a| a.container_id = "-x".into()),

@@ -166,7 +166,7 @@ mod tests {
         assert!(q.starts_with("..."));
         assert_eq!(quote_output(b"  oops\n"), "oops");
         // Invalid UTF-8, even cut in the middle of a character, never panics.
-        let mut bytes = vec![0xe2, 0x82, 0xac].repeat(MAX_QUOTED);
+        let mut bytes = [0xe2, 0x82, 0xac].repeat(MAX_QUOTED);
         bytes.push(0xff);
         let _ = quote_output(&bytes);
     }

@@ -57,11 +57,19 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
                 reason: String::new(),
                 message: String::new(),
             },
-            cri::RuntimeCondition {
-                r#type: "NetworkReady".to_string(),
-                status: false,
-                reason: "NetworkPluginNotReady".to_string(),
-                message: "berth: pod networking through CNI is not available yet".to_string(),
+            match self.pods.network_status() {
+                Ok(()) => cri::RuntimeCondition {
+                    r#type: "NetworkReady".to_string(),
+                    status: true,
+                    reason: String::new(),
+                    message: String::new(),
+                },
+                Err((reason, message)) => cri::RuntimeCondition {
+                    r#type: "NetworkReady".to_string(),
+                    status: false,
+                    reason,
+                    message,
+                },
             },
         ];
         let mut info = HashMap::new();
@@ -329,9 +337,16 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn update_runtime_config(
         &self,
-        _request: Request<cri::UpdateRuntimeConfigRequest>,
+        request: Request<cri::UpdateRuntimeConfigRequest>,
     ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
-        Err(unimplemented("UpdateRuntimeConfig"))
+        let req = request.into_inner();
+        let cidr = req
+            .runtime_config
+            .and_then(|c| c.network_config)
+            .map(|n| n.pod_cidr)
+            .unwrap_or_default();
+        self.pods.set_pod_cidr(&cidr).status()?;
+        Ok(Response::new(cri::UpdateRuntimeConfigResponse {}))
     }
 
     async fn checkpoint_container(

@@ -137,3 +137,30 @@ impl From<crate::image::unpack::UnpackError> for Error {
         Error::Internal(format!("unpack layer: {e}"))
     }
 }
+
+impl From<cni::CniError> for Error {
+    fn from(e: cni::CniError) -> Self {
+        let msg = format!("pod network: {e}");
+        match e {
+            cni::CniError::NoNetwork { .. } | cni::CniError::PluginNotFound { .. } => {
+                Error::FailedPrecondition(msg)
+            }
+            cni::CniError::Timeout { .. } => Error::DeadlineExceeded(msg),
+            cni::CniError::InvalidArgument(_) => Error::InvalidArgument(msg),
+            _ => Error::Internal(msg),
+        }
+    }
+}
+
+impl From<crate::monitor::MonitorError> for Error {
+    fn from(e: crate::monitor::MonitorError) -> Self {
+        use crate::monitor::MonitorError as M;
+        let msg = format!("pod monitor: {e}");
+        match e {
+            M::Unreachable { .. } => Error::Unavailable(msg),
+            M::NotFound { .. } => Error::NotFound(msg),
+            M::Timeout { .. } => Error::DeadlineExceeded(msg),
+            _ => Error::Internal(msg),
+        }
+    }
+}

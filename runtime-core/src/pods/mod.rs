@@ -60,6 +60,8 @@ pub struct PodServiceOptions {
     pub monitor_binary: PathBuf,
     /// Cgroup parent for pods without one.
     pub default_cgroup_parent: String,
+    /// CNI settings.
+    pub cni: cni::CniOptions,
 }
 
 impl PodServiceOptions {
@@ -88,6 +90,12 @@ impl PodServiceOptions {
                 .clone()
                 .unwrap_or_else(|| exe_dir.join("berth-monitor")),
             default_cgroup_parent: config.runtime.default_cgroup_parent.clone(),
+            cni: cni::CniOptions {
+                conf_dir: config.cni.conf_dir.clone(),
+                bin_dirs: config.cni.bin_dirs.clone(),
+                cache_dir: config.root.join("cni").join("results"),
+                plugin_timeout: std::time::Duration::from_secs(config.cni.plugin_timeout_secs),
+            },
         })
     }
 }
@@ -122,6 +130,10 @@ pub(crate) struct Inner {
     pub(crate) names: Mutex<HashSet<String>>,
     /// The lowest oom_score_adj berthd may give (no CAP_SYS_RESOURCE: its own value).
     pub(crate) min_oom_score_adj: i64,
+    /// Pod networking.
+    pub(crate) cni: cni::Cni,
+    /// The node's pod CIDR from UpdateRuntimeConfig, passed as `ipRanges`.
+    pub(crate) pod_cidr: Mutex<Option<String>>,
 }
 
 /// Runs pods and containers.
@@ -159,7 +171,10 @@ impl PodService {
                 "no CAP_SYS_RESOURCE: container oom_score_adj values below {min_oom_score_adj} are clamped to it (like containerd's restrict_oom_score_adj)"
             );
         }
+        let cni = cni::Cni::new(opts.cni.clone());
         let inner = Arc::new(Inner {
+            cni,
+            pod_cidr: Mutex::new(None),
             opts,
             images,
             cgroups,
@@ -325,6 +340,43 @@ impl PodService {
             .map(|e| e.get())
             .find(|c| c.image_id == image_id)
             .map(|c| c.id)
+    }
+
+    /// NetworkReady for CRI Status: `Err((reason, message))` when no CNI network is loaded.
+    pub fn network_status(&self) -> std::result::Result<(), (String, String)> {
+        self.inner.cni.status()
+    }
+
+    /// UpdateRuntimeConfig: remembers the node's pod CIDR for IPAM plugins that take
+    /// `ipRanges`.
+    pub fn set_pod_cidr(&self, cidr: &str) -> Result<()> {
+        let cidr = cidr.trim();
+        let value = if cidr.is_empty() {
+            None
+        } else {
+            let (addr, len) = cidr.split_once('/').ok_or_else(|| {
+                Error::InvalidArgument(format!("pod CIDR {cidr:?} is not in CIDR notation"))
+            })?;
+            let ip: std::net::IpAddr = addr.parse().map_err(|_| {
+                Error::InvalidArgument(format!("pod CIDR {cidr:?} has an invalid address"))
+            })?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            match len.parse::<u8>() {
+                Ok(l) if l <= max => {}
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "pod CIDR {cidr:?} has an invalid prefix length"
+                    )));
+                }
+            }
+            Some(cidr.to_string())
+        };
+        *self
+            .inner
+            .pod_cidr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = value;
+        Ok(())
     }
 
     pub(crate) fn runtime(&self, handler: &str) -> Result<OciRuntime> {

@@ -55,6 +55,13 @@ pub struct SandboxRecord {
     pub monitor_pid: Option<i32>,
     /// Monitor socket.
     pub monitor_socket: PathBuf,
+    /// Set before CNI ADD and cleared after a successful DEL: the pod may hold network
+    /// resources that a DEL must release.
+    #[serde(default)]
+    pub network_attached: bool,
+    /// Pod IPs from the CNI result (IPv4 first), or the host's for hostNetwork pods.
+    #[serde(default)]
+    pub ips: Vec<String>,
 }
 
 impl SandboxRecord {

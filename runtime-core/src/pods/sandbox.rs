@@ -89,6 +89,8 @@ impl PodService {
             shm: None,
             monitor_pid: None,
             monitor_socket: dir.join("monitor.sock"),
+            network_attached: false,
+            ips: vec![],
         };
         let dir2 = dir.clone();
         let setup = tokio::task::spawn_blocking({
@@ -107,9 +109,54 @@ impl PodService {
             }
         }
         let path = self.sandbox_record_path(&id);
+        if let Some(netns) = rec.namespaces.network.clone() {
+            // Recorded before ADD, so that after a crash at any point a DEL still runs when
+            // kubelet stops the pod.
+            rec.network_attached = true;
+            let attached = match records::save(&path, &rec) {
+                Ok(()) => self
+                    .inner
+                    .cni
+                    .add(&self.attachment(&rec, &netns))
+                    .await
+                    .map_err(Error::from),
+                Err(e) => Err(e),
+            };
+            match attached {
+                Ok(result) => {
+                    rec.ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
+                    if let Some(ip) = rec.ips.first() {
+                        let hostname =
+                            std::fs::read_to_string(&rec.hostname_file).unwrap_or_default();
+                        let hosts = files::hosts_content(hostname.trim(), Some(ip));
+                        if let Err(e) = std::fs::write(&rec.hosts_file, hosts) {
+                            tracing::warn!(pod = %id, error = %e, "write /etc/hosts with the pod IP");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %id, error = %e, "pod network setup failed; cleaning up");
+                    if let Err(d) = self.inner.cni.del(&self.attachment(&rec, &netns)).await {
+                        tracing::warn!(pod = %id, error = %d, "CNI DEL after a failed ADD");
+                    }
+                    self.teardown(&mut rec).await;
+                    crate::cgroups::remove(&rec.cgroups_created);
+                    let _ = crate::fsutil::remove_all(&dir);
+                    let _ = crate::fsutil::remove_all(&path);
+                    return Err(e);
+                }
+            }
+        } else {
+            rec.ips = host_ips();
+        }
         if let Err(e) = records::save(&path, &rec) {
+            if let Some(netns) = rec.namespaces.network.clone() {
+                let _ = self.inner.cni.del(&self.attachment(&rec, &netns)).await;
+            }
             self.teardown(&mut rec).await;
+            crate::cgroups::remove(&rec.cgroups_created);
             let _ = crate::fsutil::remove_all(&dir);
+            let _ = crate::fsutil::remove_all(&path);
             return Err(e);
         }
         self.inner
@@ -195,7 +242,10 @@ impl PodService {
             rec.monitor_pid = Some(info.pid);
             rec.monitor_socket = info.socket;
             if nso.pid == cri::NamespaceMode::Pod as i32 {
-                let pid = monitor::spawn_pause_in_new_pidns(bin, &rec.dir)
+                // The infra process is the monitor's child, so the monitor reaps it.
+                let client = monitor::MonitorClient::new(rec.monitor_socket.clone());
+                let pid = tokio::runtime::Handle::current()
+                    .block_on(client.spawn_pause())
                     .map_err(|e| Error::Internal(format!("start pod infra process: {e}")))?;
                 rec.pause_pid = Some(pid);
             }
@@ -243,6 +293,74 @@ impl PodService {
         }
     }
 
+    /// The CNI attachment of a pod: CNI_ARGS and the capability arguments kubelet's runtimes
+    /// pass (port mappings, DNS, bandwidth, the pod CIDR as ipRanges, the cgroup path).
+    fn attachment(&self, rec: &SandboxRecord, netns: &std::path::Path) -> cni::Attachment {
+        let meta = rec.metadata();
+        let mut a = cni::Attachment::new(rec.id.clone(), netns);
+        a.args = cni::Attachment::pod_args(&meta.namespace, &meta.name, &rec.id, &meta.uid);
+        a.capabilities.port_mappings = rec
+            .config
+            .port_mappings
+            .iter()
+            .map(|p| cni::PortMapping {
+                host_port: p.host_port,
+                container_port: p.container_port,
+                protocol: match cri::Protocol::try_from(p.protocol) {
+                    Ok(cri::Protocol::Udp) => "udp",
+                    Ok(cri::Protocol::Sctp) => "sctp",
+                    _ => "tcp",
+                }
+                .to_string(),
+                host_ip: p.host_ip.clone(),
+            })
+            .collect();
+        a.capabilities.dns = rec.config.dns_config.as_ref().map(|d| cni::DnsConfig {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        });
+        if let Some(cidr) = self
+            .inner
+            .pod_cidr
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            a.capabilities.ip_ranges = vec![vec![cni::IpRange {
+                subnet: cidr,
+                range_start: None,
+                range_end: None,
+                gateway: None,
+            }]];
+        }
+        a.capabilities.bandwidth = bandwidth(&rec.config.annotations);
+        a.capabilities.cgroup_path = Some(rec.cgroup_parent.clone());
+        a
+    }
+
+    /// CNI DEL for a pod that may hold network resources; clears the flag on success.
+    async fn release_network(&self, rec: &mut SandboxRecord) -> Result<()> {
+        if !rec.network_attached {
+            return Ok(());
+        }
+        // Plugins accept a DEL without a netns once it is gone (CNI spec); pass the file
+        // while it still exists so they can clean up inside it.
+        let netns = rec
+            .namespaces
+            .network
+            .clone()
+            .filter(|p| p.exists())
+            .unwrap_or_default();
+        self.inner
+            .cni
+            .del(&self.attachment(rec, &netns))
+            .await
+            .map_err(Error::from)?;
+        rec.network_attached = false;
+        Ok(())
+    }
+
     /// StopPodSandbox: kills every container of the pod and releases namespaces, shm, the
     /// infra process and the monitor; the record stays. Idempotent; unknown IDs are fine.
     pub async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
@@ -263,6 +381,10 @@ impl PodService {
             return Ok(());
         }
         let mut rec = rec;
+        // DEL exactly once: a failure is logged and retried by RemovePodSandbox.
+        if let Err(e) = self.release_network(&mut rec).await {
+            tracing::warn!(pod = %rec.id, error = %e, "CNI DEL failed; will retry on remove");
+        }
         self.teardown(&mut rec).await;
         rec.state = SandboxState::NotReady;
         records::save(&self.sandbox_record_path(&rec.id), &rec)?;
@@ -281,7 +403,12 @@ impl PodService {
         };
         self.stop_pod_sandbox(&entry.get().id).await?;
         let _op = entry.op.lock().await;
-        let rec = entry.get();
+        let mut rec = entry.get();
+        if rec.network_attached {
+            self.release_network(&mut rec).await?;
+            records::save(&self.sandbox_record_path(&rec.id), &rec)?;
+            entry.update(|r| r.network_attached = false);
+        }
         for c in self.containers_of(&rec.id) {
             let cid = c.get().id;
             self.remove_container(&cid).await?;
@@ -312,8 +439,13 @@ impl PodService {
             state: sandbox_state(&rec) as i32,
             created_at: rec.created_at_ns,
             network: Some(cri::PodSandboxNetworkStatus {
-                ip: String::new(),
-                additional_ips: vec![],
+                ip: rec.ips.first().cloned().unwrap_or_default(),
+                additional_ips: rec
+                    .ips
+                    .iter()
+                    .skip(1)
+                    .map(|ip| cri::PodIp { ip: ip.clone() })
+                    .collect(),
             }),
             linux: Some(cri::LinuxPodSandboxStatus {
                 namespaces: Some(cri::Namespace {
@@ -334,6 +466,8 @@ impl PodService {
                 "pausePid": rec.pause_pid,
                 "monitorPid": rec.monitor_pid,
                 "cgroupParent": rec.cgroup_parent,
+                "ips": rec.ips,
+                "networkAttached": rec.network_attached,
                 "runtimeHandler": rec.runtime_handler,
                 "config": rec.config,
             });
@@ -417,5 +551,108 @@ async fn wait_gone(pid: i32, limit: std::time::Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline && process_alive(pid) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// The host's addresses for hostNetwork pods: non-loopback addresses of interfaces that
+/// are up, IPv4 first (as kubelet expects the primary family first).
+fn host_ips() -> Vec<String> {
+    let Ok(addrs) = nix::ifaddrs::getifaddrs() else {
+        return vec![];
+    };
+    let mut v4 = vec![];
+    let mut v6 = vec![];
+    for a in addrs {
+        if !a.flags.contains(nix::net::if_::InterfaceFlags::IFF_UP)
+            || a.flags
+                .contains(nix::net::if_::InterfaceFlags::IFF_LOOPBACK)
+        {
+            continue;
+        }
+        let Some(addr) = a.address else { continue };
+        if let Some(sin) = addr.as_sockaddr_in() {
+            v4.push(std::net::IpAddr::V4(sin.ip()).to_string());
+        } else if let Some(sin6) = addr.as_sockaddr_in6() {
+            let ip = sin6.ip();
+            // Link-local addresses are not pod addresses.
+            if (ip.segments()[0] & 0xffc0) != 0xfe80 {
+                v6.push(std::net::IpAddr::V6(ip).to_string());
+            }
+        }
+    }
+    v4.dedup();
+    v6.dedup();
+    v4.into_iter().chain(v6).collect()
+}
+
+/// Traffic shaping from the `kubernetes.io/ingress-bandwidth` / `egress-bandwidth`
+/// annotations (Kubernetes quantities, bits per second), as containerd passes them.
+fn bandwidth(annotations: &HashMap<String, String>) -> Option<cni::Bandwidth> {
+    let rate = |k: &str| annotations.get(k).and_then(|v| parse_quantity(v));
+    let ingress = rate("kubernetes.io/ingress-bandwidth");
+    let egress = rate("kubernetes.io/egress-bandwidth");
+    if ingress.is_none() && egress.is_none() {
+        return None;
+    }
+    // containerd passes the largest burst the plugin accepts.
+    let burst = u64::from(u32::MAX);
+    Some(cni::Bandwidth {
+        ingress_rate: ingress.unwrap_or(0),
+        ingress_burst: if ingress.is_some() { burst } else { 0 },
+        egress_rate: egress.unwrap_or(0),
+        egress_burst: if egress.is_some() { burst } else { 0 },
+    })
+}
+
+/// A Kubernetes quantity like `10M`, `1Gi`, `500k` as a number.
+fn parse_quantity(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let num: f64 = num.parse().ok()?;
+    let mult: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0f64.powi(4),
+        _ => return None,
+    };
+    let v = num * mult;
+    (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities() {
+        assert_eq!(parse_quantity("10M"), Some(10_000_000));
+        assert_eq!(parse_quantity("1Gi"), Some(1 << 30));
+        assert_eq!(parse_quantity("1.5k"), Some(1500));
+        assert_eq!(parse_quantity("x"), None);
+        assert_eq!(parse_quantity("10Q"), None);
+        let mut a = HashMap::new();
+        assert!(bandwidth(&a).is_none());
+        a.insert(
+            "kubernetes.io/ingress-bandwidth".to_string(),
+            "1M".to_string(),
+        );
+        let b = bandwidth(&a).unwrap();
+        assert_eq!((b.ingress_rate, b.egress_rate), (1_000_000, 0));
+    }
+
+    #[test]
+    fn host_ips_exclude_loopback() {
+        for ip in host_ips() {
+            assert!(ip != "127.0.0.1" && ip != "::1", "{ip}");
+        }
     }
 }

@@ -105,6 +105,10 @@ pub struct BerthdOptions {
     pub extra_config: String,
     /// Extra command-line arguments.
     pub extra_args: Vec<String>,
+    /// The CNI network config list written to the test's conf dir; `None` writes the
+    /// harness default (a bridge of its own plus host-local IPAM, see [`Berthd::cni`]).
+    /// `Some("")` leaves the conf dir empty.
+    pub cni_conflist: Option<String>,
 }
 
 impl BerthdOptions {
@@ -196,6 +200,8 @@ pub struct Berthd {
     metrics_addr: Option<String>,
     opts: BerthdOptions,
     starts: u32,
+    /// The test's own CNI network (bridge deleted on drop).
+    pub cni: crate::network::TestNetwork,
 }
 
 impl Berthd {
@@ -227,6 +233,7 @@ impl Berthd {
             metrics_addr,
             opts,
             starts: 0,
+            cni: crate::network::TestNetwork::new(),
         };
         b.write_configs()?;
         Ok(b)
@@ -248,10 +255,20 @@ impl Berthd {
             conf.push('\n');
         }
         std::fs::write(self.registries_conf_path(), conf)?;
+        let cni_dir = self.cni_conf_dir();
+        std::fs::create_dir_all(&cni_dir)?;
+        let conflist = match &self.opts.cni_conflist {
+            Some(c) => c.clone(),
+            None => self.cni.default_conflist(&self.dir.path().join("cni/ipam")),
+        };
+        if !conflist.is_empty() {
+            std::fs::write(cni_dir.join("10-e2e.conflist"), conflist)?;
+        }
         let toml = format!(
-            "[image]\nregistries_config = {}\n{}\n",
+            "{}\n[image]\nregistries_config = {}\n[cni]\nconf_dir = {}\nbin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n",
+            self.opts.extra_config,
             toml_str(&self.registries_conf_path().display().to_string()),
-            self.opts.extra_config
+            toml_str(&cni_dir.display().to_string()),
         );
         std::fs::write(self.config_path(), toml)?;
         Ok(())
@@ -438,6 +455,11 @@ impl Berthd {
         self.dir.path().join("berth.toml")
     }
 
+    /// The CNI conf dir berthd reads.
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.path().join("cni/net.d")
+    }
+
     /// The registries.conf the config points at.
     pub fn registries_conf_path(&self) -> PathBuf {
         self.dir.path().join("registries.conf")
@@ -540,5 +562,6 @@ impl Drop for Berthd {
                 let _ = child.wait();
             }
         }
+        self.cni.delete_bridge();
     }
 }

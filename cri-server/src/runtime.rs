@@ -28,6 +28,18 @@ impl RuntimeApi {
     }
 }
 
+/// Runs a lifecycle operation on its own task, so that a client giving up (its deadline,
+/// a cancelled crictl) never drops the operation halfway and leaves mounts, namespaces or
+/// processes behind: the operation completes and the next call sees its result.
+async fn detached<T: Send + 'static>(
+    f: impl std::future::Future<Output = runtime_core::Result<T>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(f)
+        .await
+        .map_err(|e| Status::internal(format!("operation task failed: {e}")))?
+        .status()
+}
+
 fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by berth yet"))
 }
@@ -105,11 +117,11 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         let config = req
             .config
             .ok_or_else(|| Status::invalid_argument("pod sandbox config is required"))?;
-        let id = self
-            .pods
-            .run_pod_sandbox(config, &req.runtime_handler)
-            .await
-            .status()?;
+        let id = {
+            let pods = self.pods.clone();
+            detached(async move { pods.run_pod_sandbox(config, &req.runtime_handler).await })
+                .await?
+        };
         Ok(Response::new(cri::RunPodSandboxResponse {
             pod_sandbox_id: id,
         }))
@@ -120,10 +132,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         let req = request.into_inner();
-        self.pods
-            .stop_pod_sandbox(&req.pod_sandbox_id)
-            .await
-            .status()?;
+        {
+            let pods = self.pods.clone();
+            detached(async move { pods.stop_pod_sandbox(&req.pod_sandbox_id).await }).await?
+        };
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -132,10 +144,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         let req = request.into_inner();
-        self.pods
-            .remove_pod_sandbox(&req.pod_sandbox_id)
-            .await
-            .status()?;
+        {
+            let pods = self.pods.clone();
+            detached(async move { pods.remove_pod_sandbox(&req.pod_sandbox_id).await }).await?
+        };
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -174,11 +186,14 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         let config = req
             .config
             .ok_or_else(|| Status::invalid_argument("container config is required"))?;
-        let id = self
-            .pods
-            .create_container(&req.pod_sandbox_id, config, req.sandbox_config)
-            .await
-            .status()?;
+        let id = {
+            let pods = self.pods.clone();
+            detached(async move {
+                pods.create_container(&req.pod_sandbox_id, config, req.sandbox_config)
+                    .await
+            })
+            .await?
+        };
         Ok(Response::new(cri::CreateContainerResponse {
             container_id: id,
         }))
@@ -189,10 +204,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
         let req = request.into_inner();
-        self.pods
-            .start_container(&req.container_id)
-            .await
-            .status()?;
+        {
+            let pods = self.pods.clone();
+            detached(async move { pods.start_container(&req.container_id).await }).await?
+        };
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
@@ -201,10 +216,11 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
         let req = request.into_inner();
-        self.pods
-            .stop_container(&req.container_id, req.timeout)
-            .await
-            .status()?;
+        {
+            let pods = self.pods.clone();
+            detached(async move { pods.stop_container(&req.container_id, req.timeout).await })
+                .await?
+        };
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
@@ -213,10 +229,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
         let req = request.into_inner();
-        self.pods
-            .remove_container(&req.container_id)
-            .await
-            .status()?;
+        {
+            let pods = self.pods.clone();
+            detached(async move { pods.remove_container(&req.container_id).await }).await?
+        };
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 

@@ -166,6 +166,32 @@ impl OciRuntime {
         cmd: &[String],
         timeout: Option<Duration>,
     ) -> Result<ExecOutput> {
+        // Run on a task of its own: when the client gives up first (its deadline often
+        // equals the exec timeout) the RPC future is dropped, and the timeout handling
+        // below must still kill the process.
+        let this = self.clone();
+        let (id, log, pid_file, cmd) = (
+            id.to_string(),
+            log.to_path_buf(),
+            pid_file.to_path_buf(),
+            cmd.to_vec(),
+        );
+        tokio::spawn(async move {
+            this.exec_sync_inner(&id, &log, &pid_file, &cmd, timeout)
+                .await
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("exec task: {e}")))?
+    }
+
+    async fn exec_sync_inner(
+        &self,
+        id: &str,
+        log: &Path,
+        pid_file: &Path,
+        cmd: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<ExecOutput> {
         let mut c = self.base(log);
         c.arg("exec").arg("--pid-file").arg(pid_file).arg(id);
         c.args(cmd);

@@ -109,6 +109,11 @@ pub struct BerthdOptions {
     /// harness default (a bridge of its own plus host-local IPAM, see [`Berthd::cni`]).
     /// `Some("")` leaves the conf dir empty.
     pub cni_conflist: Option<String>,
+    /// Extra CNI plugin directories, searched before the harness's `/usr/lib/cni` and
+    /// `/opt/cni/bin` (e.g. a test's fake plugins).
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// `[cni] plugin_timeout_secs`; `None` keeps berthd's default.
+    pub cni_plugin_timeout_secs: Option<u64>,
 }
 
 impl BerthdOptions {
@@ -264,11 +269,27 @@ impl Berthd {
         if !conflist.is_empty() {
             std::fs::write(cni_dir.join("10-e2e.conflist"), conflist)?;
         }
+        let bin_dirs: Vec<String> = self
+            .opts
+            .cni_bin_dirs
+            .iter()
+            .map(|d| toml_str(&d.display().to_string()))
+            .chain([
+                "\"/usr/lib/cni\"".to_string(),
+                "\"/opt/cni/bin\"".to_string(),
+            ])
+            .collect();
+        let timeout = self
+            .opts
+            .cni_plugin_timeout_secs
+            .map(|t| format!("plugin_timeout_secs = {t}\n"))
+            .unwrap_or_default();
         let toml = format!(
-            "{}\n[image]\nregistries_config = {}\n[cni]\nconf_dir = {}\nbin_dirs = [\"/usr/lib/cni\", \"/opt/cni/bin\"]\n",
+            "{}\n[image]\nregistries_config = {}\n[cni]\nconf_dir = {}\nbin_dirs = [{}]\n{timeout}",
             self.opts.extra_config,
             toml_str(&self.registries_conf_path().display().to_string()),
             toml_str(&cni_dir.display().to_string()),
+            bin_dirs.join(", "),
         );
         std::fs::write(self.config_path(), toml)?;
         Ok(())

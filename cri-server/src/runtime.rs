@@ -325,30 +325,44 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn container_stats(
         &self,
-        _request: Request<cri::ContainerStatsRequest>,
+        request: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
-        Err(unimplemented("ContainerStats"))
+        let req = request.into_inner();
+        let stats = self.pods.container_stats(&req.container_id).status()?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_container_stats(
         &self,
-        _request: Request<cri::ListContainerStatsRequest>,
+        request: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
-        Err(unimplemented("ListContainerStats"))
+        let req = request.into_inner();
+        Ok(Response::new(cri::ListContainerStatsResponse {
+            stats: self.pods.list_container_stats(req.filter.as_ref()),
+        }))
     }
 
     async fn pod_sandbox_stats(
         &self,
-        _request: Request<cri::PodSandboxStatsRequest>,
+        request: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
-        Err(unimplemented("PodSandboxStats"))
+        let req = request.into_inner();
+        let stats = self.pods.pod_sandbox_stats(&req.pod_sandbox_id).status()?;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(stats),
+        }))
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _request: Request<cri::ListPodSandboxStatsRequest>,
+        request: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxStats"))
+        let req = request.into_inner();
+        Ok(Response::new(cri::ListPodSandboxStatsResponse {
+            stats: self.pods.list_pod_sandbox_stats(req.filter.as_ref()),
+        }))
     }
 
     async fn update_runtime_config(

@@ -329,3 +329,155 @@ mod tests {
         }
     }
 }
+
+/// Resource usage of one cgroup, read from the v1 or v2 interface files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    /// Cumulative CPU time, ns.
+    pub cpu_usage_ns: Option<u64>,
+    /// Memory in use, bytes (v1 usage_in_bytes, v2 memory.current).
+    pub memory_usage: Option<u64>,
+    /// Usage minus inactive file pages, as kubelet computes the working set.
+    pub memory_working_set: Option<u64>,
+    /// Anonymous memory (v1 total_rss, v2 anon).
+    pub memory_rss: Option<u64>,
+    /// Memory limit, when one is set.
+    pub memory_limit: Option<u64>,
+    /// Page faults.
+    pub page_faults: Option<u64>,
+    /// Major page faults.
+    pub major_page_faults: Option<u64>,
+    /// Processes in the cgroup (pids.current).
+    pub pids: Option<u64>,
+}
+
+fn read_u64(p: &Path) -> Option<u64> {
+    fs::read_to_string(p).ok()?.trim().parse().ok()
+}
+
+/// A `key value` line of a stat file.
+fn stat_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// Limits above this are "no limit" on v1 (the kernel reports PAGE_COUNTER_MAX pages).
+const V1_NO_LIMIT: u64 = 1 << 62;
+
+impl Layout {
+    /// Reads the usage of cgroup `path`; missing files leave fields unset (a container
+    /// that is not running has no cgroup yet).
+    pub fn stats(&self, path: &str) -> Result<CgroupStats> {
+        let rel = relative(path)?;
+        let mut s = CgroupStats::default();
+        match self {
+            Layout::V1 { hierarchies } => {
+                let find = |ctrl: &str| {
+                    hierarchies.iter().find(|h| {
+                        h.file_name()
+                            .is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == ctrl))
+                    })
+                };
+                if let Some(h) = find("cpuacct") {
+                    s.cpu_usage_ns = read_u64(&h.join(&rel).join("cpuacct.usage"));
+                }
+                if let Some(h) = find("memory") {
+                    let dir = h.join(&rel);
+                    s.memory_usage = read_u64(&dir.join("memory.usage_in_bytes"));
+                    s.memory_limit =
+                        read_u64(&dir.join("memory.limit_in_bytes")).filter(|l| *l < V1_NO_LIMIT);
+                    if let Ok(stat) = fs::read_to_string(dir.join("memory.stat")) {
+                        let inactive = stat_field(&stat, "total_inactive_file").unwrap_or(0);
+                        s.memory_working_set = s.memory_usage.map(|u| u.saturating_sub(inactive));
+                        s.memory_rss = stat_field(&stat, "total_rss");
+                        s.page_faults = stat_field(&stat, "total_pgfault");
+                        s.major_page_faults = stat_field(&stat, "total_pgmajfault");
+                    }
+                }
+                if let Some(h) = find("pids") {
+                    s.pids = read_u64(&h.join(&rel).join("pids.current"));
+                }
+            }
+            Layout::V2 { root } => {
+                let dir = root.join(&rel);
+                if let Ok(cpu) = fs::read_to_string(dir.join("cpu.stat")) {
+                    s.cpu_usage_ns = stat_field(&cpu, "usage_usec").map(|u| u * 1000);
+                }
+                s.memory_usage = read_u64(&dir.join("memory.current"));
+                s.memory_limit = read_u64(&dir.join("memory.max"));
+                if let Ok(stat) = fs::read_to_string(dir.join("memory.stat")) {
+                    let inactive = stat_field(&stat, "inactive_file").unwrap_or(0);
+                    s.memory_working_set = s.memory_usage.map(|u| u.saturating_sub(inactive));
+                    s.memory_rss = stat_field(&stat, "anon");
+                    s.page_faults = stat_field(&stat, "pgfault");
+                    s.major_page_faults = stat_field(&stat, "pgmajfault");
+                }
+                s.pids = read_u64(&dir.join("pids.current"));
+            }
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    #[test]
+    fn v2_stats_from_fixture_files() {
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("kubepods/pod1/c1");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(
+            d.join("cpu.stat"),
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+        )
+        .unwrap();
+        fs::write(d.join("memory.current"), "10485760\n").unwrap();
+        fs::write(d.join("memory.max"), "max\n").unwrap();
+        fs::write(
+            d.join("memory.stat"),
+            "anon 4096\nfile 8192\ninactive_file 1048576\npgfault 42\npgmajfault 3\n",
+        )
+        .unwrap();
+        fs::write(d.join("pids.current"), "2\n").unwrap();
+        let l = Layout::V2 {
+            root: root.path().to_path_buf(),
+        };
+        let s = l.stats("/kubepods/pod1/c1").unwrap();
+        assert_eq!(s.cpu_usage_ns, Some(1_500_000));
+        assert_eq!(s.memory_usage, Some(10_485_760));
+        assert_eq!(s.memory_working_set, Some(10_485_760 - 1_048_576));
+        assert_eq!(s.memory_rss, Some(4096));
+        assert_eq!(s.memory_limit, None);
+        assert_eq!(
+            (s.page_faults, s.major_page_faults, s.pids),
+            (Some(42), Some(3), Some(2))
+        );
+        // A cgroup that does not exist yet reads as empty.
+        assert_eq!(l.stats("/kubepods/none").unwrap(), CgroupStats::default());
+    }
+
+    #[test]
+    fn v1_stats_from_fixture_files() {
+        let root = tempfile::tempdir().unwrap();
+        let mem = root.path().join("memory/pod/c");
+        let cpu = root.path().join("cpuacct/pod/c");
+        fs::create_dir_all(&mem).unwrap();
+        fs::create_dir_all(&cpu).unwrap();
+        fs::write(cpu.join("cpuacct.usage"), "123456\n").unwrap();
+        fs::write(mem.join("memory.usage_in_bytes"), "2000000\n").unwrap();
+        fs::write(mem.join("memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        fs::write(mem.join("memory.stat"), "rss 10\ntotal_rss 100\ntotal_inactive_file 500000\ntotal_pgfault 7\ntotal_pgmajfault 1\n").unwrap();
+        let l = Layout::V1 {
+            hierarchies: vec![root.path().join("memory"), root.path().join("cpuacct")],
+        };
+        let s = l.stats("/pod/c").unwrap();
+        assert_eq!(s.cpu_usage_ns, Some(123_456));
+        assert_eq!(s.memory_working_set, Some(1_500_000));
+        assert_eq!(s.memory_rss, Some(100));
+        assert_eq!(s.memory_limit, None);
+    }
+}

@@ -99,10 +99,7 @@ pub async fn start(dir: &Path, opts: &BerthOptions<'_>) -> Result<Runtime> {
     let registries = dir.join("registries.conf");
     std::fs::write(&registries, registries_conf(opts.registry))?;
     let config = dir.join("berth.toml");
-    std::fs::write(
-        &config,
-        berth_toml(&registries, opts.cgroup_root, opts.cni),
-    )?;
+    std::fs::write(&config, berth_toml(&registries, opts.cgroup_root, opts.cni))?;
     let args: Vec<String> = [
         "--config",
         &config.display().to_string(),

@@ -46,8 +46,7 @@ impl Client {
     pub async fn connect(socket: &Path) -> Result<Client> {
         let channel = e2e::cri::connect_channel(socket).await?;
         Ok(Client {
-            runtime: RuntimeServiceClient::new(channel.clone())
-                .max_decoding_message_size(64 << 20),
+            runtime: RuntimeServiceClient::new(channel.clone()).max_decoding_message_size(64 << 20),
             images: ImageServiceClient::new(channel).max_decoding_message_size(64 << 20),
         })
     }
@@ -220,8 +219,12 @@ impl Client {
     pub async fn list_container_stats(&self) -> Result<Vec<api::ContainerStats>, Status> {
         let mut c = self.runtime.clone();
         let req = api::ListContainerStatsRequest { filter: None };
-        bounded("ListContainerStats", CALL_TIMEOUT, c.list_container_stats(req))
-            .await
-            .map(|r| r.stats)
+        bounded(
+            "ListContainerStats",
+            CALL_TIMEOUT,
+            c.list_container_stats(req),
+        )
+        .await
+        .map(|r| r.stats)
     }
 }

@@ -163,7 +163,7 @@ fn mixed_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut r = 0;
     let mut chunk = 0usize;
     while out.len() < len {
-        if chunk % 2 == 0 {
+        if chunk.is_multiple_of(2) {
             out.extend_from_slice(&random[r..r + CHUNK]);
             r += CHUNK;
         } else {
@@ -195,7 +195,11 @@ mod tests {
     fn layer_has_the_requested_size() {
         let l = pull_layer(1, 1 << 20).expect("layer");
         assert!(l.tar_size >= 1 << 20, "tar of {} bytes", l.tar_size);
-        assert!(l.tar_size < (1 << 20) + (1 << 18), "tar of {} bytes", l.tar_size);
+        assert!(
+            l.tar_size < (1 << 20) + (1 << 18),
+            "tar of {} bytes",
+            l.tar_size
+        );
         assert!(l.size() < l.tar_size, "gzip shrinks it");
     }
 }

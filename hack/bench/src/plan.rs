@@ -84,11 +84,6 @@ impl Plan {
         }
     }
 
-    /// Pod counts at which memory is sampled: none, one parallel batch, all running pods.
-    pub fn memory_levels(&self) -> [usize; 3] {
-        [0, self.parallelism, self.running_pods]
-    }
-
     /// Parallel batches needed to reach `running_pods`.
     pub fn batches(&self) -> usize {
         self.running_pods.div_ceil(self.parallelism.max(1))
@@ -107,8 +102,6 @@ mod tests {
             assert_eq!(p.running_pods % p.parallelism, 0, "{mode:?}: whole batches");
             assert!(p.running_pods >= p.parallelism);
             assert!(p.sequential_pods >= 1 && p.pull_runs >= 1 && p.list_rounds >= 1);
-            let levels = p.memory_levels();
-            assert!(levels[0] < levels[1] && levels[1] <= levels[2]);
         }
         let full = Plan::for_mode(Mode::Full);
         assert_eq!(full.sequential_pods, 50);

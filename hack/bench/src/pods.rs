@@ -66,8 +66,7 @@ fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 pub fn pod_config(rt: &Runtime, name: &str) -> Result<api::PodSandboxConfig> {
     let uid = e2e::pods::unique("uid");
     let log_dir = rt.logs.join(format!("berth-bench_{name}_{uid}"));
-    std::fs::create_dir_all(&log_dir)
-        .with_context(|| format!("creating {}", log_dir.display()))?;
+    std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
     Ok(api::PodSandboxConfig {
         metadata: Some(api::PodSandboxMetadata {
             name: name.into(),

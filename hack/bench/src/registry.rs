@@ -2,7 +2,7 @@
 //! on a free port of 127.0.0.1 with filesystem storage in the bench's directory. (The e2e
 //! harness has its own, which prints its log on drop; the bench keeps its output clean.)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -16,7 +16,6 @@ pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 pub struct Registry {
     daemon: Daemon,
     port: u16,
-    storage: PathBuf,
 }
 
 impl Registry {
@@ -85,11 +84,7 @@ impl Registry {
         }
         // Answered: make sure the answer came from our process, not another on that port.
         daemon.ensure_running()?;
-        Ok(Registry {
-            daemon,
-            port,
-            storage,
-        })
+        Ok(Registry { daemon, port })
     }
 
     /// `127.0.0.1:PORT`.
@@ -105,11 +100,6 @@ impl Registry {
     /// A pusher to this registry.
     pub fn pusher(&self) -> e2e::Pusher {
         e2e::Pusher::new(&self.url(), None)
-    }
-
-    /// The storage directory.
-    pub fn storage(&self) -> &Path {
-        &self.storage
     }
 
     /// The registry's log file.

@@ -496,17 +496,19 @@ mod tests {
         r.record("start", BERTH, Duration::from_millis(100));
         r.record("start", CONTAINERD, Duration::from_millis(400));
         r.unavailable("list.stats", BERTH, "Unimplemented");
-        let mut zero = MemLevel::default();
-        zero.daemon = [
-            Mem {
-                rss_kib: 10_000,
-                pss_kib: 9_000,
-            },
-            Mem {
-                rss_kib: 40_000,
-                pss_kib: 38_000,
-            },
-        ];
+        let zero = MemLevel {
+            daemon: [
+                Mem {
+                    rss_kib: 10_000,
+                    pss_kib: 9_000,
+                },
+                Mem {
+                    rss_kib: 40_000,
+                    pss_kib: 38_000,
+                },
+            ],
+            ..Default::default()
+        };
         let mut two = zero.clone();
         two.pods = 2;
         two.helpers = [

@@ -219,6 +219,7 @@ impl Results {
     }
 
     /// The operation `key`.
+    #[cfg(test)]
     pub fn op(&self, key: &str) -> Option<&Op> {
         self.ops.iter().find(|o| o.key == key)
     }

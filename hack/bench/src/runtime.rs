@@ -29,14 +29,6 @@ impl Kind {
             Kind::Containerd => "containerd",
         }
     }
-
-    /// What its per-pod helper process is called in reports.
-    pub fn helper_name(self) -> &'static str {
-        match self {
-            Kind::Berth => "monitor",
-            Kind::Containerd => "shim",
-        }
-    }
 }
 
 /// A started runtime.
@@ -116,28 +108,36 @@ impl Runtime {
     /// Waits until Status reports RuntimeReady (and NetworkReady when `need_network`).
     /// Returns the names of the conditions still false (only NetworkReady can be, when
     /// not needed).
-    pub async fn wait_conditions(&self, timeout: Duration, need_network: bool) -> Result<Vec<String>> {
+    pub async fn wait_conditions(
+        &self,
+        timeout: Duration,
+        need_network: bool,
+    ) -> Result<Vec<String>> {
         let client = self.client.clone();
-        let r = e2e::poll_until(timeout, &format!("{} Status conditions", self.name()), || {
-            let client = client.clone();
-            async move {
-                let Ok(st) = client.status().await else {
-                    return Ok(None);
-                };
-                let false_ones: Vec<String> = st
-                    .status
-                    .map(|s| s.conditions)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|c| !c.status)
-                    .map(|c| c.r#type)
-                    .collect();
-                let blocking = false_ones
-                    .iter()
-                    .any(|t| t != "NetworkReady" || need_network);
-                Ok((!blocking).then_some(false_ones))
-            }
-        })
+        let r = e2e::poll_until(
+            timeout,
+            &format!("{} Status conditions", self.name()),
+            || {
+                let client = client.clone();
+                async move {
+                    let Ok(st) = client.status().await else {
+                        return Ok(None);
+                    };
+                    let false_ones: Vec<String> = st
+                        .status
+                        .map(|s| s.conditions)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|c| !c.status)
+                        .map(|c| c.r#type)
+                        .collect();
+                    let blocking = false_ones
+                        .iter()
+                        .any(|t| t != "NetworkReady" || need_network);
+                    Ok((!blocking).then_some(false_ones))
+                }
+            },
+        )
         .await;
         r.with_context(|| format!("{} log tail:\n{}", self.name(), self.daemon.log_tail(30)))
     }
@@ -151,20 +151,24 @@ pub async fn connect_when_ready(
     socket: &Path,
     timeout: Duration,
 ) -> Result<Client> {
-    let r = e2e::poll_until(timeout, &format!("{name} to answer Version on its socket"), || {
-        let alive = daemon.ensure_running();
-        let socket = socket.to_path_buf();
-        async move {
-            alive?;
-            if !socket.exists() {
-                return Ok(None);
+    let r = e2e::poll_until(
+        timeout,
+        &format!("{name} to answer Version on its socket"),
+        || {
+            let alive = daemon.ensure_running();
+            let socket = socket.to_path_buf();
+            async move {
+                alive?;
+                if !socket.exists() {
+                    return Ok(None);
+                }
+                let Ok(c) = Client::connect(&socket).await else {
+                    return Ok(None);
+                };
+                Ok(c.version().await.ok().map(|_| c))
             }
-            let Ok(c) = Client::connect(&socket).await else {
-                return Ok(None);
-            };
-            Ok(c.version().await.ok().map(|_| c))
-        }
-    })
+        },
+    )
     .await;
     r.with_context(|| format!("{name} log tail:\n{}", daemon.log_tail(30)))
 }
@@ -181,7 +185,9 @@ fn is_monitor_of(argv: &[String], state: &Path) -> bool {
 fn is_shim_of(argv: &[String], socket: &str) -> bool {
     argv.first()
         .is_some_and(|a| a.ends_with("containerd-shim-runc-v2"))
-        && argv.windows(2).any(|w| w[0] == "-address" && w[1] == socket)
+        && argv
+            .windows(2)
+            .any(|w| w[0] == "-address" && w[1] == socket)
 }
 
 #[cfg(test)]

@@ -39,7 +39,11 @@ fn deb_version(package: &str) -> String {
 
 /// (what, version) for the runtimes (binary and CRI Version answer), runc, the CNI
 /// plugins, the registry, the kernel and the bench's source revision.
-pub async fn collect(rts: &[Runtime; 2], berthd: &Path, containerd: &Path) -> Vec<(String, String)> {
+pub async fn collect(
+    rts: &[Runtime; 2],
+    berthd: &Path,
+    containerd: &Path,
+) -> Vec<(String, String)> {
     let mut v = Vec::new();
     let mut cri = Vec::new();
     for (r, rt) in rts.iter().enumerate() {
@@ -60,7 +64,10 @@ pub async fn collect(rts: &[Runtime; 2], berthd: &Path, containerd: &Path) -> Ve
             berthd.display()
         ),
     ));
-    v.push(("containerd".into(), first_line(&containerd.display().to_string(), &["--version"])));
+    v.push((
+        "containerd".into(),
+        first_line(&containerd.display().to_string(), &["--version"]),
+    ));
     for (name, answer) in cri {
         v.push((format!("{name} CRI Version"), answer));
     }
@@ -70,7 +77,10 @@ pub async fn collect(rts: &[Runtime; 2], berthd: &Path, containerd: &Path) -> Ve
         deb_version("containernetworking-plugins"),
     ));
     v.push(("docker-registry".into(), deb_version("docker-registry")));
-    v.push(("busybox (image content)".into(), deb_version("busybox-static")));
+    v.push((
+        "busybox (image content)".into(),
+        deb_version("busybox-static"),
+    ));
     v.push(("kernel".into(), read_trim("/proc/sys/kernel/osrelease")));
     v.push(("berth source".into(), git_revision()));
     v

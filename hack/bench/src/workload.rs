@@ -26,7 +26,7 @@ use crate::runtime::{Kind, Runtime};
 
 /// The runtimes in the order of an iteration: berth first on even ones.
 pub fn order(i: usize) -> [usize; 2] {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         [BERTH, CONTAINERD]
     } else {
         [CONTAINERD, BERTH]
@@ -34,9 +34,16 @@ pub fn order(i: usize) -> [usize; 2] {
 }
 
 /// Runs every workload on `rts` (`[berth, containerd]`), recording into `results`.
-pub async fn run_all(rts: &[Runtime; 2], images: &BenchImages, results: &mut Results) -> Result<()> {
+pub async fn run_all(
+    rts: &[Runtime; 2],
+    images: &BenchImages,
+    results: &mut Results,
+) -> Result<()> {
     let plan = results.plan.clone();
-    eprintln!("berth-bench: (1) cold pulls: {} per runtime", plan.pull_runs);
+    eprintln!(
+        "berth-bench: (1) cold pulls: {} per runtime",
+        plan.pull_runs
+    );
     pull_cold(rts, images, plan.pull_runs, results).await?;
 
     for (r, rt) in rts.iter().enumerate() {
@@ -83,7 +90,10 @@ pub async fn run_all(rts: &[Runtime; 2], images: &BenchImages, results: &mut Res
         results.memory.push(top);
     }
 
-    eprintln!("berth-bench: tearing down {} pods per runtime", plan.running_pods);
+    eprintln!(
+        "berth-bench: tearing down {} pods per runtime",
+        plan.running_pods
+    );
     parallel_teardowns(rts, running, plan.parallelism, results).await?;
     Ok(())
 }
@@ -160,14 +170,10 @@ async fn make_cold(rt: &Runtime, max_bytes: u64) -> Result<bool> {
             .with_context(|| format!("{}: RemoveImage {PULL_REF}", rt.name()))?;
     }
     let root = rt.root.clone();
-    let shrunk = e2e::poll_until(
-        Duration::from_secs(60),
-        "the image store to shrink",
-        || {
-            let size = e2e::util::tree_size(&root);
-            async move { Ok((size <= max_bytes).then_some(())) }
-        },
-    )
+    let shrunk = e2e::poll_until(Duration::from_secs(60), "the image store to shrink", || {
+        let size = e2e::util::tree_size(&root);
+        async move { Ok((size <= max_bytes).then_some(())) }
+    })
     .await;
     Ok(shrunk.is_ok())
 }
@@ -191,7 +197,8 @@ async fn sequential(rts: &[Runtime; 2], n: usize, results: &mut Results) -> Resu
     }
     for i in 0..n {
         for r in order(i) {
-            let t = pods::teardown(&rts[r], &pods[r][i]).await?;
+            let pod = pods[r].get(i).context("a started pod")?;
+            let t = pods::teardown(&rts[r], pod).await?;
             results.record("teardown", r, t.total());
             results.record("teardown.stop", r, t.stop);
             results.record("teardown.remove", r, t.remove);
@@ -213,7 +220,10 @@ async fn note_network(rt: &Runtime, pod: &Pod, results: &mut Results) {
                     rt.name()
                 ));
             } else {
-                results.note(format!("{}: pods get an IP from the bench network ({ip})", rt.name()));
+                results.note(format!(
+                    "{}: pods get an IP from the bench network ({ip})",
+                    rt.name()
+                ));
             }
         }
         Err(s) => results.note(format!(
@@ -393,7 +403,12 @@ async fn sample_memory(rts: &[Runtime; 2], pods: &[Vec<Pod>; 2]) -> Result<MemLe
             }
             let table = ProcTable::read();
             let mut helper_pids: HashSet<i32> = rt.helper_pids(&table).into_iter().collect();
-            helper_pids.extend(monitors.iter().copied().filter(|p| table.procs.contains_key(p)));
+            helper_pids.extend(
+                monitors
+                    .iter()
+                    .copied()
+                    .filter(|p| table.procs.contains_key(p)),
+            );
             let helper_pids: Vec<i32> = helper_pids.into_iter().collect();
             daemon.push(memory::of_pid(daemon_pid).unwrap_or_default());
             helpers.push(memory::of_pids(&helper_pids));

@@ -8,6 +8,7 @@
 pub mod container;
 pub mod records;
 pub mod sandbox;
+pub mod stats;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -134,6 +135,8 @@ pub(crate) struct Inner {
     pub(crate) cni: cni::Cni,
     /// The node's pod CIDR from UpdateRuntimeConfig, passed as `ipRanges`.
     pub(crate) pod_cidr: Mutex<Option<String>>,
+    /// Samples for CPU rates and cached disk usage.
+    pub(crate) stats: stats::StatsCache,
 }
 
 /// Runs pods and containers.
@@ -175,6 +178,7 @@ impl PodService {
         let inner = Arc::new(Inner {
             cni,
             pod_cidr: Mutex::new(None),
+            stats: stats::StatsCache::default(),
             opts,
             images,
             cgroups,

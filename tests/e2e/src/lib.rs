@@ -12,6 +12,7 @@ pub mod cri;
 pub mod fixtures;
 pub mod image;
 pub mod metrics;
+pub mod netcheck;
 pub mod network;
 pub mod pods;
 pub mod proxy;

@@ -233,6 +233,12 @@ impl OciRuntime {
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGKILL,
                 );
+                // Answer only once it is gone, so a caller checking right after the timeout
+                // (as critest does) finds no trace of it.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while tokio::time::Instant::now() < deadline && pid_alive(pid) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
             }
             let _ = std::fs::remove_file(pid_file);
             return Err(Error::DeadlineExceeded(format!(
@@ -265,6 +271,17 @@ impl OciRuntime {
             stderr,
             exit_code,
         })
+    }
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
     }
 }
 

@@ -538,13 +538,8 @@ fn kill_and_wait(pid: i32) {
 
 /// True while `pid` exists and is not a zombie.
 pub fn process_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(") ")
-            .and_then(|(_, rest)| rest.chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X'),
-        Err(_) => false,
-    }
+    crate::ociruntime::pid_alive(pid)
+}
 }
 
 async fn wait_gone(pid: i32, limit: std::time::Duration) {

@@ -540,7 +540,6 @@ fn kill_and_wait(pid: i32) {
 pub fn process_alive(pid: i32) -> bool {
     crate::ociruntime::pid_alive(pid)
 }
-}
 
 async fn wait_gone(pid: i32, limit: std::time::Duration) {
     let deadline = tokio::time::Instant::now() + limit;

@@ -141,11 +141,19 @@ impl Bench {
              containerd's log names no other host either",
             probe.local
         ));
+        let _ = std::fs::copy(
+            probe_dir.join("containerd.log"),
+            self.dir.join("containerd-probe.log"),
+        );
         if unmount_under(&probe_dir).is_empty() {
             let _ = std::fs::remove_dir_all(&probe_dir);
         }
 
         eprintln!("berth-bench: starting berthd and containerd");
+        // As kubelet's /kubepods/besteffort: the parent of the pod cgroups exists.
+        for rt in ["berth", "containerd"] {
+            crate::cgroups::create(&format!("{}/{rt}", self.cgroup_root))?;
+        }
         let berth = self.start_berth(opts, &addr, &cni, &mut results).await?;
         self.runtimes.push(berth);
         let ctd_opts = ContainerdOptions {
@@ -232,7 +240,7 @@ impl Bench {
         }
         v.push((
             "containerd-probe.log".into(),
-            self.dir.join("containerd-probe/containerd.log"),
+            self.dir.join("containerd-probe.log"),
         ));
         if let Some(r) = &self.registry {
             v.push(("registry.log".into(), r.log().to_path_buf()));

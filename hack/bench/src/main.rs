@@ -13,6 +13,7 @@
 
 mod bench;
 mod berth;
+mod cgroups;
 mod client;
 mod cni;
 mod containerd;

@@ -1,7 +1,8 @@
 //! One pod as kubelet would run it: a sandbox (network POD, PID per container, IPC POD, a
-//! cgroup parent of its own under the runtime's bench cgroup, a log directory) and one
-//! busybox container running `sleep`; started with RunPodSandbox + CreateContainer +
-//! StartContainer and torn down with StopPodSandbox + RemovePodSandbox.
+//! log directory, and a pod cgroup under the runtime's bench cgroup that the bench creates
+//! before and removes after, as kubelet does) and one busybox container running `sleep`;
+//! started with RunPodSandbox + CreateContainer + StartContainer and torn down with
+//! StopPodSandbox + RemovePodSandbox. Only the CRI calls are timed.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -19,6 +20,8 @@ pub struct Pod {
     pub id: String,
     /// The container's ID.
     pub container: String,
+    /// The pod's cgroup (the sandbox's `cgroup_parent`).
+    pub cgroup: String,
 }
 
 /// How long each step of a pod start took.
@@ -62,12 +65,15 @@ fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
-/// The sandbox config of pod `name` on `rt` (creates its log directory, as kubelet does).
-pub fn pod_config(rt: &Runtime, name: &str) -> Result<api::PodSandboxConfig> {
+/// The sandbox config of pod `name` on `rt`, and its pod cgroup. Creates the pod's log
+/// directory and cgroup, as kubelet does before RunPodSandbox.
+pub fn pod_config(rt: &Runtime, name: &str) -> Result<(api::PodSandboxConfig, String)> {
     let uid = e2e::pods::unique("uid");
+    let cgroup = format!("{}/pod{uid}", rt.cgroup_parent);
+    crate::cgroups::create(&cgroup)?;
     let log_dir = rt.logs.join(format!("berth-bench_{name}_{uid}"));
     std::fs::create_dir_all(&log_dir).with_context(|| format!("creating {}", log_dir.display()))?;
-    Ok(api::PodSandboxConfig {
+    let config = api::PodSandboxConfig {
         metadata: Some(api::PodSandboxMetadata {
             name: name.into(),
             uid: uid.clone(),
@@ -84,7 +90,7 @@ pub fn pod_config(rt: &Runtime, name: &str) -> Result<api::PodSandboxConfig> {
         labels: labels(&[("app", "berth-bench"), ("pod", name)]),
         annotations: labels(&[("berth-bench/run", "1")]),
         linux: Some(api::LinuxPodSandboxConfig {
-            cgroup_parent: format!("{}/pod{uid}", rt.cgroup_parent),
+            cgroup_parent: cgroup.clone(),
             security_context: Some(api::LinuxSandboxSecurityContext {
                 namespace_options: Some(api::NamespaceOption {
                     network: api::NamespaceMode::Pod as i32,
@@ -97,7 +103,8 @@ pub fn pod_config(rt: &Runtime, name: &str) -> Result<api::PodSandboxConfig> {
             ..Default::default()
         }),
         ..Default::default()
-    })
+    };
+    Ok((config, cgroup))
 }
 
 /// The container: busybox `sleep 86400`.
@@ -118,7 +125,7 @@ pub fn container_config() -> api::ContainerConfig {
 /// Starts pod `name` on `rt` and times each step; the container is checked to be running
 /// afterwards (not timed).
 pub async fn start(rt: &Runtime, name: &str) -> Result<(Pod, StartTimes)> {
-    let config = pod_config(rt, name)?;
+    let (config, cgroup) = pod_config(rt, name)?;
     let container = container_config();
     let c = &rt.client;
     let t0 = Instant::now();
@@ -148,7 +155,11 @@ pub async fn start(rt: &Runtime, name: &str) -> Result<(Pod, StartTimes)> {
         );
     }
     Ok((
-        Pod { id, container: cid },
+        Pod {
+            id,
+            container: cid,
+            cgroup,
+        },
         StartTimes {
             run: t1 - t0,
             create: t2 - t1,
@@ -157,7 +168,8 @@ pub async fn start(rt: &Runtime, name: &str) -> Result<(Pod, StartTimes)> {
     ))
 }
 
-/// Stops and removes `pod`, timing each step.
+/// Stops and removes `pod`, timing each step; then removes its pod cgroup (untimed, as
+/// kubelet does after RemovePodSandbox).
 pub async fn teardown(rt: &Runtime, pod: &Pod) -> Result<TeardownTimes> {
     let c = &rt.client;
     let t0 = Instant::now();
@@ -169,6 +181,7 @@ pub async fn teardown(rt: &Runtime, pod: &Pod) -> Result<TeardownTimes> {
         .await
         .with_context(|| format!("{}: RemovePodSandbox {}", rt.name(), pod.id))?;
     let t2 = Instant::now();
+    crate::cgroups::remove(&pod.cgroup);
     Ok(TeardownTimes {
         stop: t1 - t0,
         remove: t2 - t1,

@@ -307,8 +307,8 @@ fn process_counts(results: &Results) -> String {
     for level in results.memory.iter().filter(|l| l.pods > 0) {
         let _ = writeln!(
             s,
-            "- {} pods: berth {} monitors, {} pause process trees; containerd {} shims, {} \
-             pause process trees",
+            "- {} pods: berth {} monitors, {} pause processes; containerd {} shims, {} \
+             pause processes (with their children)",
             level.pods,
             level.helper_count[BERTH],
             level.pause_count[BERTH],

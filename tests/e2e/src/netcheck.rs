@@ -146,13 +146,25 @@ impl NetEnv {
         let pods = PodEnv::dir_entries(&self.env.pods_dir());
         assert!(pods.is_empty(), "{what}: pod dirs left: {pods:?}");
         let m = mounts_under(&self.env.berthd.state());
-        assert!(m.is_empty(), "{what}: mounts left under the state dir: {m:?}");
+        assert!(
+            m.is_empty(),
+            "{what}: mounts left under the state dir: {m:?}"
+        );
         let records = PodEnv::dir_entries(&self.env.berthd.root().join("sandboxes"));
-        assert!(records.is_empty(), "{what}: sandbox records left: {records:?}");
+        assert!(
+            records.is_empty(),
+            "{what}: sandbox records left: {records:?}"
+        );
         let cache = self.cache_files();
-        assert!(cache.is_empty(), "{what}: CNI cache entries left: {cache:?}");
+        assert!(
+            cache.is_empty(),
+            "{what}: CNI cache entries left: {cache:?}"
+        );
         let ports = self.bridge_ports();
-        assert!(ports.is_empty(), "{what}: veths left on the bridge: {ports:?}");
+        assert!(
+            ports.is_empty(),
+            "{what}: veths left on the bridge: {ports:?}"
+        );
         let alloc = self.allocations();
         assert!(alloc.is_empty(), "{what}: IPAM allocations left: {alloc:?}");
         let cgroups: Vec<PathBuf> = crate::pods::cgroup_dirs_existing(&self.cgroup_parent)
@@ -208,7 +220,9 @@ pub fn parse_inet(output: &str) -> Option<String> {
     let mut words = output.split_whitespace();
     while let Some(w) = words.next() {
         if w == "inet" {
-            return words.next().map(|a| a.split('/').next().unwrap_or(a).to_string());
+            return words
+                .next()
+                .map(|a| a.split('/').next().unwrap_or(a).to_string());
         }
     }
     None
@@ -228,10 +242,10 @@ pub fn host_addresses() -> Vec<String> {
     for line in text.lines() {
         let mut words = line.split_whitespace();
         while let Some(w) = words.next() {
-            if w == "inet" || w == "inet6" {
-                if let Some(a) = words.next() {
-                    v.push(a.split('/').next().unwrap_or(a).to_string());
-                }
+            if (w == "inet" || w == "inet6")
+                && let Some(a) = words.next()
+            {
+                v.push(a.split('/').next().unwrap_or(a).to_string());
             }
         }
     }
@@ -289,8 +303,8 @@ pub const FAIL_CRASH: &str = "e2e-fail-crash";
 pub const FAIL_ERROR: &str = "e2e-fail-error";
 /// ADD sleeps (in a child `sleep` too) far longer than any test's plugin timeout.
 pub const FAIL_SLEEP: &str = "e2e-fail-sleep";
-/// A standalone plugin: ADD prints a fixed, minimal valid result (no interface, no IP).
-pub const REC_NOOP: &str = "e2e-rec-noop";
+/// ADD exits 0 but prints something that is not a result.
+pub const FAIL_GARBAGE: &str = "e2e-fail-garbage";
 
 /// A temporary bin dir of fake CNI plugins (`/bin/sh` scripts) that append one line per
 /// call to a log. Declare it before the [`NetEnv`] using it, so it outlives berthd.
@@ -351,11 +365,10 @@ impl FakePlugins {
              fi\n\
              exit 0\n"
         );
-        let noop = format!(
+        let garbage = format!(
             "#!/bin/sh\n{record}\
-             cat > /dev/null\n\
              if [ \"$CNI_COMMAND\" = ADD ]; then\n\
-             \x20 echo '{{\"cniVersion\":\"1.0.0\",\"interfaces\":[],\"ips\":[],\"dns\":{{}}}}'\n\
+             \x20 echo 'all is well, no JSON here'\n\
              fi\n\
              exit 0\n"
         );
@@ -364,7 +377,7 @@ impl FakePlugins {
             (FAIL_CRASH, crash),
             (FAIL_ERROR, error),
             (FAIL_SLEEP, sleep),
-            (REC_NOOP, noop),
+            (FAIL_GARBAGE, garbage),
         ] {
             let p = fp.dir.path().join(name);
             std::fs::write(&p, text)?;
@@ -390,6 +403,11 @@ impl FakePlugins {
             .path()
             .join(format!("stdin-ADD-{container_id}.json"));
         serde_json::from_slice(&std::fs::read(p).ok()?).ok()
+    }
+
+    /// The plugin file `name` of this bin dir.
+    pub fn plugin_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// Makes the recording bridge's DEL fail (`true`) or work again.
@@ -433,7 +451,9 @@ impl FakePlugins {
     pub fn count(&self, plugin: &str, command: &str, container_id: &str) -> usize {
         self.calls()
             .iter()
-            .filter(|c| c.plugin == plugin && c.command == command && c.container_id == container_id)
+            .filter(|c| {
+                c.plugin == plugin && c.command == command && c.container_id == container_id
+            })
             .count()
     }
 
@@ -450,6 +470,25 @@ impl FakePlugins {
             &format!("\"type\":\"{first_type}\""),
             1,
         )
+    }
+}
+
+impl Drop for FakePlugins {
+    /// Kills (by PID) what the sleeping plugin started, if it still runs (e.g. when berthd
+    /// was killed while the plugin ran); PIDs whose command line is no longer the plugin's
+    /// are left alone.
+    fn drop(&mut self) {
+        let dir = self.dir.path().display().to_string();
+        for pid in self.sleep_pids() {
+            let ours = crate::pods::cmdline(pid)
+                .is_some_and(|c| c.contains(FAIL_SLEEP) && c.contains(&dir) || c == "sleep 300");
+            if ours && crate::pods::pid_alive(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
     }
 }
 
@@ -491,10 +530,10 @@ impl Drop for IpForwardGuard {
     fn drop(&mut self) {
         if let Some(v) = &self.before {
             let now = std::fs::read_to_string(IP_FORWARD).unwrap_or_default();
-            if now.trim() != v {
-                if let Err(e) = std::fs::write(IP_FORWARD, v) {
-                    eprintln!("e2e: restoring {IP_FORWARD} to {v}: {e}");
-                }
+            if now.trim() != v
+                && let Err(e) = std::fs::write(IP_FORWARD, v)
+            {
+                eprintln!("e2e: restoring {IP_FORWARD} to {v}: {e}");
             }
         }
     }
@@ -606,8 +645,12 @@ impl Drop for PortmapChainsGuard {
         }
         for c in PORTMAP_CHAINS {
             if rules.iter().any(|l| *l == format!("-N {c}")) {
-                let _ = Command::new("iptables").args(["-t", "nat", "-F", c]).status();
-                let _ = Command::new("iptables").args(["-t", "nat", "-X", c]).status();
+                let _ = Command::new("iptables")
+                    .args(["-t", "nat", "-F", c])
+                    .status();
+                let _ = Command::new("iptables")
+                    .args(["-t", "nat", "-X", c])
+                    .status();
             }
         }
     }
@@ -620,7 +663,9 @@ mod tests {
     #[test]
     fn splits_quoted_rules() {
         assert_eq!(
-            split_rule(r#"-A POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ"#),
+            split_rule(
+                r#"-A POSTROUTING -m comment --comment "CNI portfwd requiring masquerade" -j CNI-HOSTPORT-MASQ"#
+            ),
             vec![
                 "-A",
                 "POSTROUTING",

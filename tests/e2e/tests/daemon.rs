@@ -51,13 +51,10 @@ async fn version_status_and_runtime_config() -> Result<()> {
         .iter()
         .find(|c| c.r#type == "NetworkReady")
         .expect("NetworkReady condition");
+    // The harness gives every berthd a CNI network of its own, so the network is ready.
     assert!(
-        !network.status,
-        "NetworkReady is false until networking exists"
-    );
-    assert!(
-        !network.reason.is_empty(),
-        "NetworkReady=false carries a reason"
+        network.status,
+        "NetworkReady with a CNI config: {network:?}"
     );
 
     let mut rt = cri.runtime.clone();

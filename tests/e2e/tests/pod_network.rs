@@ -14,9 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use e2e::cri_api::{self as api, NamespaceMode};
 use e2e::netcheck::{
-    FAIL_CRASH, FAIL_ERROR, FAIL_SLEEP, FakePlugins, IpForwardGuard, NetEnv, PortmapChainsGuard,
-    REC_BRIDGE, host_addresses, in_prefix, iptables_rules_mentioning, link_exists,
-    parse_inet,
+    FAIL_CRASH, FAIL_ERROR, FAIL_GARBAGE, FAIL_SLEEP, FakePlugins, IpForwardGuard, NetEnv,
+    PortmapChainsGuard, REC_BRIDGE, host_addresses, in_prefix, iptables_rules_mentioning,
+    link_exists, parse_inet,
 };
 use e2e::pods::{PodEnv, TERM_TRAP_LOOP, expect_code, info_json, ns_options, pid_alive};
 use e2e::{BerthdOptions, Code, poll_until};
@@ -62,7 +62,8 @@ async fn wget_from(env: &PodEnv, cid: &str, ip: &str, payload: &str) -> Result<S
     let url_ref = &url;
     let r = poll_until(Duration::from_secs(20), "wget to get the payload", || {
         async move {
-            let cmd = ["busybox", "wget", "-q", "-T", "3", "-O", "-", url_ref.as_str()];
+            // No `-T`: busybox 1.35 (Debian 12) wget segfaults with it.
+            let cmd = ["busybox", "wget", "-q", "-O", "-", url_ref.as_str()];
             let r = env.exec_sync(cid, &cmd, 8).await?;
             let out = String::from_utf8_lossy(&r.stdout).into_owned();
             *last_ref.lock().unwrap() = format!(
@@ -152,10 +153,20 @@ async fn two_pods_on_the_bridge_reach_each_other() -> Result<()> {
     let ip_a = status_ip(&env, &pod_a).await?;
     let ip_b = status_ip(&env, &pod_b).await?;
     let prefix = env.net().prefix.clone();
-    assert!(in_prefix(&ip_a, &prefix), "pod A IP {ip_a:?} in {prefix}.0/24");
-    assert!(in_prefix(&ip_b, &prefix), "pod B IP {ip_b:?} in {prefix}.0/24");
+    assert!(
+        in_prefix(&ip_a, &prefix),
+        "pod A IP {ip_a:?} in {prefix}.0/24"
+    );
+    assert!(
+        in_prefix(&ip_b, &prefix),
+        "pod B IP {ip_b:?} in {prefix}.0/24"
+    );
     assert_ne!(ip_a, ip_b, "two pods get two addresses");
-    assert_eq!(env.bridge_ports().len(), 2, "one veth per pod on the bridge");
+    assert_eq!(
+        env.bridge_ports().len(),
+        2,
+        "one veth per pod on the bridge"
+    );
 
     let got = wget_from(&env, &cid_b, &ip_a, payload).await?;
     assert!(got.contains(payload), "pod B got pod A's payload: {got:?}");
@@ -184,7 +195,9 @@ async fn status_ip_is_what_the_pod_sees_and_hosts_resolv_conf_carry_it() -> Resu
         net.additional_ips
     );
 
-    let out = env.exec_ok(&cid, &["busybox", "ip", "-o", "-4", "addr", "show", "eth0"]).await?;
+    let out = env
+        .exec_ok(&cid, &["busybox", "ip", "-o", "-4", "addr", "show", "eth0"])
+        .await?;
     assert_eq!(
         parse_inet(&out).as_deref(),
         Some(net.ip.as_str()),
@@ -198,7 +211,9 @@ async fn status_ip_is_what_the_pod_sees_and_hosts_resolv_conf_carry_it() -> Resu
         "verbose info has the pod's ips: {info}"
     );
     assert_eq!(
-        info.get("ips").and_then(|v| v.get(0)).and_then(|v| v.as_str()),
+        info.get("ips")
+            .and_then(|v| v.get(0))
+            .and_then(|v| v.as_str()),
         Some(net.ip.as_str()),
         "verbose info ips[0] is the status IP: {info}"
     );
@@ -219,7 +234,9 @@ async fn status_ip_is_what_the_pod_sees_and_hosts_resolv_conf_carry_it() -> Resu
     let dns = cfg.dns_config.clone().expect("pod_config has a DNS config");
     for s in &dns.servers {
         assert!(
-            resolv.lines().any(|l| l.trim() == format!("nameserver {s}")),
+            resolv
+                .lines()
+                .any(|l| l.trim() == format!("nameserver {s}")),
             "resolv.conf has nameserver {s}: {resolv:?}"
         );
     }
@@ -270,7 +287,10 @@ async fn host_port_reaches_the_pod_on_localhost_and_its_rules_go_with_it() -> Re
     }];
     let (pod, _cid) = pod_with(&env, &cfg, &httpd_script(payload)).await?;
     let ip = status_ip(&env, &pod).await?;
-    assert!(in_prefix(&ip, &env.net().prefix), "pod IP {ip:?} in the subnet");
+    assert!(
+        in_prefix(&ip, &env.net().prefix),
+        "pod IP {ip:?} in the subnet"
+    );
 
     let rules = iptables_rules_mentioning(&pod)?;
     assert!(
@@ -282,19 +302,23 @@ async fn host_port_reaches_the_pod_on_localhost_and_its_rules_go_with_it() -> Re
     let addr = format!("127.0.0.1:{host_port}");
     let last = std::sync::Mutex::new(String::new());
     let last_ref = &last;
-    let got = poll_until(Duration::from_secs(10), "the host port to answer", || async {
-        match http_get(&addr).await {
-            Ok(body) if body.contains(payload) => Ok(Some(body)),
-            Ok(body) => {
-                *last_ref.lock().unwrap() = format!("answer without the payload: {body:?}");
-                Ok(None)
+    let got = poll_until(
+        Duration::from_secs(10),
+        "the host port to answer",
+        || async {
+            match http_get(&addr).await {
+                Ok(body) if body.contains(payload) => Ok(Some(body)),
+                Ok(body) => {
+                    *last_ref.lock().unwrap() = format!("answer without the payload: {body:?}");
+                    Ok(None)
+                }
+                Err(e) => {
+                    *last_ref.lock().unwrap() = format!("{e:#}");
+                    Ok(None)
+                }
             }
-            Err(e) => {
-                *last_ref.lock().unwrap() = format!("{e:#}");
-                Ok(None)
-            }
-        }
-    })
+        },
+    )
     .await;
     match got {
         Ok(body) => assert!(body.contains(payload)),
@@ -380,7 +404,10 @@ async fn remove_leaves_no_veth_netns_allocation_or_cache_entry() -> Result<()> {
     env.stop_pod(&pod).await?;
     env.remove_pod(&pod).await?;
     let ports = env.bridge_ports();
-    assert!(ports.is_empty(), "no veth on the bridge after Remove: {ports:?}");
+    assert!(
+        ports.is_empty(),
+        "no veth on the bridge after Remove: {ports:?}"
+    );
     assert!(!link_exists(&veth), "the host side veth {veth} is gone");
     assert!(!netns.exists(), "netns file {} is gone", netns.display());
     let alloc = env.allocations();
@@ -389,7 +416,10 @@ async fn remove_leaves_no_veth_netns_allocation_or_cache_entry() -> Result<()> {
         "no host-local allocation after Remove (had {ip}): {alloc:?}"
     );
     let cache = env.cache_files();
-    assert!(cache.is_empty(), "no CNI cache entry after Remove: {cache:?}");
+    assert!(
+        cache.is_empty(),
+        "no CNI cache entry after Remove: {cache:?}"
+    );
     let rules = iptables_rules_mentioning(&pod)?;
     assert!(rules.is_empty(), "no iptables rule of the pod: {rules:?}");
     env.assert_pod_gone(&pod, &format!("{}/{pod}", env.cgroup_parent))
@@ -405,7 +435,7 @@ async fn stop_twice_calls_del_once_and_remove_does_not_call_it_again() -> Result
         Some(rec_bridge_conflist(n, ipam).replacen(
             &format!("\"type\":\"{REC_BRIDGE}\""),
             &format!(
-                "\"type\":\"{REC_BRIDGE}\",\"capabilities\":{{\"portMappings\":true,\"dns\":true,\"cgroupPath\":true}}"
+                "\"type\":\"{REC_BRIDGE}\",\"capabilities\":{{\"portMappings\":true,\"dns\":true,\"cgroupPath\":true,\"bandwidth\":true}}"
             ),
             1,
         ))
@@ -418,8 +448,15 @@ async fn stop_twice_calls_del_once_and_remove_does_not_call_it_again() -> Result
         host_port: 10053,
         host_ip: String::new(),
     }];
+    cfg.annotations
+        .insert("kubernetes.io/ingress-bandwidth".into(), "1M".into());
     let pod = env.run_pod(&cfg).await?;
-    assert_eq!(fake.count(REC_BRIDGE, "ADD", &pod), 1, "ADD once: {:?}", fake.calls());
+    assert_eq!(
+        fake.count(REC_BRIDGE, "ADD", &pod),
+        1,
+        "ADD once: {:?}",
+        fake.calls()
+    );
     assert_eq!(fake.count(REC_BRIDGE, "DEL", &pod), 0, "no DEL yet");
 
     // What ADD got: the pinned netns, the pod's CNI_ARGS, the capability arguments.
@@ -463,13 +500,27 @@ async fn stop_twice_calls_del_once_and_remove_does_not_call_it_again() -> Result
         Some(format!("{}/{pod}", env.cgroup_parent).as_str()),
         "runtimeConfig.cgroupPath: {stdin}"
     );
+    assert_eq!(
+        rc["bandwidth"]["ingressRate"].as_u64(),
+        Some(1_000_000),
+        "runtimeConfig.bandwidth from kubernetes.io/ingress-bandwidth: {stdin}"
+    );
+    assert_eq!(
+        rc["bandwidth"]["egressRate"].as_u64().unwrap_or(0),
+        0,
+        "no egress limit: {stdin}"
+    );
     assert!(
-        rc.get("ipRanges").is_none() && rc.get("bandwidth").is_none(),
-        "capabilities the plugin does not declare (or that are unset) are not passed: {stdin}"
+        rc.get("ipRanges").is_none(),
+        "ipRanges: not declared by the plugin and no pod CIDR set: {stdin}"
     );
 
     env.stop_pod(&pod).await?;
-    assert_eq!(fake.count(REC_BRIDGE, "DEL", &pod), 1, "DEL once after Stop");
+    assert_eq!(
+        fake.count(REC_BRIDGE, "DEL", &pod),
+        1,
+        "DEL once after Stop"
+    );
     assert!(env.allocations().is_empty(), "Stop released the IP");
     assert!(env.cache_files().is_empty(), "Stop dropped the cache entry");
     assert!(env.bridge_ports().is_empty(), "Stop removed the veth");
@@ -488,23 +539,56 @@ async fn stop_twice_calls_del_once_and_remove_does_not_call_it_again() -> Result
         fake.calls()
     );
     assert_eq!(fake.count(REC_BRIDGE, "ADD", &pod), 1, "still one ADD");
-    env.assert_no_pod_leftovers("after Stop, Stop, Remove").await;
+    env.assert_no_pod_leftovers("after Stop, Stop, Remove")
+        .await;
+
+    // Two Stops at once: still one DEL.
+    let pod2 = env.run_pod(&env.pod_config("net-delonce2")).await?;
+    let (a, b) = tokio::join!(env.stop_pod(&pod2), env.stop_pod(&pod2));
+    a?;
+    b?;
+    assert_eq!(
+        fake.count(REC_BRIDGE, "DEL", &pod2),
+        1,
+        "two concurrent Stops: one DEL: {:?}",
+        fake.calls()
+    );
+    env.remove_pod(&pod2).await?;
+    assert_eq!(fake.count(REC_BRIDGE, "DEL", &pod2), 1);
+
+    // Remove without Stop: one DEL.
+    let pod3 = env.run_pod(&env.pod_config("net-delonce3")).await?;
+    env.remove_pod(&pod3).await?;
+    env.remove_pod(&pod3).await?;
+    assert_eq!(
+        fake.count(REC_BRIDGE, "DEL", &pod3),
+        1,
+        "Remove without Stop (twice): one DEL: {:?}",
+        fake.calls()
+    );
+    env.assert_no_pod_leftovers("after the concurrent Stops and the bare Removes")
+        .await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn failed_del_on_stop_is_retried_by_remove() -> Result<()> {
     let fake = FakePlugins::new()?;
-    let env =
-        NetEnv::start(false, rec_bridge_env_opts(&fake), |n, ipam| Some(rec_bridge_conflist(n, ipam)))
-            .await?;
+    let env = NetEnv::start(false, rec_bridge_env_opts(&fake), |n, ipam| {
+        Some(rec_bridge_conflist(n, ipam))
+    })
+    .await?;
     let cfg = env.pod_config("net-delfail");
     let pod = env.run_pod(&cfg).await?;
     fake.set_fail_del(true)?;
     env.stop_pod(&pod)
         .await
         .context("StopPodSandbox succeeds although DEL failed")?;
-    assert_eq!(fake.count(REC_BRIDGE, "DEL", &pod), 1, "Stop tried DEL once");
+    assert_eq!(
+        fake.count(REC_BRIDGE, "DEL", &pod),
+        1,
+        "Stop tried DEL once"
+    );
     let log = std::fs::read_to_string(env.berthd.log_path())?;
     assert!(
         log.lines()
@@ -536,7 +620,11 @@ async fn failed_del_on_stop_is_retried_by_remove() -> Result<()> {
 
     fake.set_fail_del(false)?;
     env.remove_pod(&pod).await?;
-    assert_eq!(fake.count(REC_BRIDGE, "DEL", &pod), 3, "Remove retried DEL, which worked");
+    assert_eq!(
+        fake.count(REC_BRIDGE, "DEL", &pod),
+        3,
+        "Remove retried DEL, which worked"
+    );
     env.assert_no_pod_leftovers("after the retried DEL").await;
     Ok(())
 }
@@ -544,9 +632,10 @@ async fn failed_del_on_stop_is_retried_by_remove() -> Result<()> {
 #[tokio::test(flavor = "multi_thread")]
 async fn kill9_between_add_and_stop_still_ends_in_one_clean_del() -> Result<()> {
     let fake = FakePlugins::new()?;
-    let mut env =
-        NetEnv::start(false, rec_bridge_env_opts(&fake), |n, ipam| Some(rec_bridge_conflist(n, ipam)))
-            .await?;
+    let mut env = NetEnv::start(false, rec_bridge_env_opts(&fake), |n, ipam| {
+        Some(rec_bridge_conflist(n, ipam))
+    })
+    .await?;
     let cfg = env.pod_config("net-kill9");
     let pod = env.run_pod(&cfg).await?;
     let ip = status_ip(&env, &pod).await?;
@@ -555,10 +644,18 @@ async fn kill9_between_add_and_stop_still_ends_in_one_clean_del() -> Result<()> 
 
     env.berthd.kill9()?;
     // The conf dir changes meanwhile: DEL must use the cached config, not the new one.
-    install_conflist(&env, "10-e2e.conflist", r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"e2e-nosuchplugin"}]}"#)?;
+    install_conflist(
+        &env,
+        "10-e2e.conflist",
+        r#"{"cniVersion":"1.0.0","name":"other","plugins":[{"type":"e2e-nosuchplugin"}]}"#,
+    )?;
     env.berthd.launch().await?;
     env.reconnect().await?;
-    assert_eq!(status_ip(&env, &pod).await?, ip, "the pod IP survives the restart");
+    assert_eq!(
+        status_ip(&env, &pod).await?,
+        ip,
+        "the pod IP survives the restart"
+    );
 
     env.stop_pod(&pod).await?;
     env.remove_pod(&pod).await?;
@@ -575,6 +672,85 @@ async fn kill9_between_add_and_stop_still_ends_in_one_clean_del() -> Result<()> 
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn kill9_during_add_leaves_nothing_once_the_pod_is_removed() -> Result<()> {
+    let fake = FakePlugins::new()?;
+    let opts = BerthdOptions {
+        cni_bin_dirs: vec![fake.bin_dir()],
+        cni_plugin_timeout_secs: Some(120),
+        ..Default::default()
+    };
+    let mut env = NetEnv::start(false, opts, |n, ipam| {
+        Some(FakePlugins::conflist(
+            n,
+            ipam,
+            REC_BRIDGE,
+            &[&format!(r#"{{"type":"{FAIL_SLEEP}"}}"#)],
+        ))
+    })
+    .await?;
+    let cfg = env.pod_config("net-crash-in-add");
+    let mut rt = env.cri.runtime.clone();
+    let req = api::RunPodSandboxRequest {
+        config: Some(cfg.clone()),
+        runtime_handler: String::new(),
+    };
+    let call = tokio::spawn(async move { rt.run_pod_sandbox(req).await });
+    // The bridge did its ADD (veth, IP) and the second plugin hangs.
+    poll_until(
+        Duration::from_secs(15),
+        "the second plugin to hang in ADD",
+        || {
+            let n = fake.sleep_pids().len();
+            async move { Ok((n == 2).then_some(())) }
+        },
+    )
+    .await?;
+    let id = fake
+        .calls()
+        .iter()
+        .find(|c| c.plugin == REC_BRIDGE && c.command == "ADD")
+        .map(|c| c.container_id.clone())
+        .context("bridge ADD recorded")?;
+    assert_eq!(env.bridge_ports().len(), 1, "the bridge attached the pod");
+    assert_eq!(env.allocations().len(), 1, "the bridge allocated an IP");
+
+    env.berthd.kill9()?;
+    let _ = call.await;
+    // berthd's plugin child outlives it; it is this test's fake plugin: kill it by PID.
+    for pid in fake.sleep_pids() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    env.berthd.launch().await?;
+    env.reconnect().await?;
+
+    // Whatever berthd shows of the half-created pod, kubelet's cleanup (Stop + Remove of
+    // every listed sandbox) must release its network.
+    let listed = env.list_pod_ids(None).await?;
+    println!("after the restart berthd lists {listed:?} (the pod being added was {id})");
+    for p in &listed {
+        let st = env.pod_status(p).await?;
+        println!(
+            "half-created pod {p}: state {:?}, ip {:?}",
+            api::PodSandboxState::try_from(st.state),
+            st.network.map(|n| n.ip)
+        );
+        env.stop_pod(p).await?;
+        env.remove_pod(p).await?;
+    }
+    assert!(
+        fake.count(REC_BRIDGE, "DEL", &id) >= 1,
+        "a DEL ran for the pod whose ADD was interrupted: {:?}",
+        fake.calls()
+    );
+    env.assert_no_pod_leftovers("kill -9 during ADD, restart, Stop/Remove of listed pods")
+        .await;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // hostNetwork, pod CIDR
 // ---------------------------------------------------------------------------------------
@@ -582,9 +758,10 @@ async fn kill9_between_add_and_stop_still_ends_in_one_clean_del() -> Result<()> 
 #[tokio::test(flavor = "multi_thread")]
 async fn host_network_pod_gets_a_host_ip_without_any_cni_call() -> Result<()> {
     let fake = FakePlugins::new()?;
-    let env =
-        NetEnv::start(false, rec_bridge_env_opts(&fake), |n, ipam| Some(rec_bridge_conflist(n, ipam)))
-            .await?;
+    let env = NetEnv::start(false, rec_bridge_env_opts(&fake), |n, ipam| {
+        Some(rec_bridge_conflist(n, ipam))
+    })
+    .await?;
     let mut cfg = env.pod_config("net-hostnet");
     cfg.linux
         .as_mut()
@@ -673,7 +850,8 @@ async fn pod_cidr_from_update_runtime_config_is_passed_as_ip_ranges() -> Result<
         err.message().contains("bridge"),
         "the error names the plugin: {err:?}"
     );
-    env.assert_no_pod_leftovers("failed ADD without ranges").await;
+    env.assert_no_pod_leftovers("failed ADD without ranges")
+        .await;
 
     let subnet = env.net().subnet.clone();
     update(&subnet).await?;
@@ -684,7 +862,13 @@ async fn pod_cidr_from_update_runtime_config_is_passed_as_ip_ranges() -> Result<
         "pod IP {ip:?} is in the pod CIDR {subnet}"
     );
 
-    for bad in ["not-a-cidr", "10.1.2.0/33", "10.1.2.300/24", "10.1.2.0/", "/24"] {
+    for bad in [
+        "not-a-cidr",
+        "10.1.2.0/33",
+        "10.1.2.300/24",
+        "10.1.2.0/",
+        "/24",
+    ] {
         let r = update(bad).await;
         expect_code(r, Code::InvalidArgument, &format!("pod CIDR {bad:?}"));
     }
@@ -709,7 +893,10 @@ async fn no_config_fails_naming_the_conf_dir_until_one_is_dropped_in() -> Result
     let conf_dir = env.berthd.cni_conf_dir().display().to_string();
     let c = wait_network_ready(&env, false).await?;
     assert_eq!(c.reason, "NetworkPluginNotReady", "{c:?}");
-    assert!(c.message.contains(&conf_dir), "message names {conf_dir}: {c:?}");
+    assert!(
+        c.message.contains(&conf_dir),
+        "message names {conf_dir}: {c:?}"
+    );
 
     let cfg = env.pod_config("net-noconf");
     let err = expect_code(
@@ -717,17 +904,35 @@ async fn no_config_fails_naming_the_conf_dir_until_one_is_dropped_in() -> Result
         Code::FailedPrecondition,
         "RunPodSandbox without a CNI config",
     );
-    assert!(err.message().contains(&conf_dir), "error names {conf_dir}: {err:?}");
-    env.assert_no_pod_leftovers("RunPodSandbox without a config").await;
+    assert!(
+        err.message().contains(&conf_dir),
+        "error names {conf_dir}: {err:?}"
+    );
+    env.assert_no_pod_leftovers("RunPodSandbox without a config")
+        .await;
 
     // A config dropped in is picked up without a restart.
     let conflist = env.net().default_conflist(&env.ipam_dir());
     install_conflist(&env, "10-e2e.conflist", &conflist)?;
     let c = wait_network_ready(&env, true).await?;
     assert!(c.status, "{c:?}");
-    let pod = env.run_pod(&cfg).await.context("same pod name after the failure")?;
+    let pod = env
+        .run_pod(&cfg)
+        .await
+        .context("same pod name after the failure")?;
     let ip = status_ip(&env, &pod).await?;
     assert!(in_prefix(&ip, &env.net().prefix), "pod IP {ip:?}");
+
+    // The config goes away again: not ready; the running pod is still torn down cleanly
+    // (DEL from the cached config).
+    std::fs::remove_file(env.berthd.cni_conf_dir().join("10-e2e.conflist"))?;
+    let c = wait_network_ready(&env, false).await?;
+    assert!(c.message.contains(&conf_dir), "{c:?}");
+    assert_eq!(env.bridge_ports().len(), 1, "the pod's veth is still there");
+    env.stop_pod(&pod).await?;
+    env.remove_pod(&pod).await?;
+    env.assert_no_pod_leftovers("Remove after the config was deleted")
+        .await;
     Ok(())
 }
 
@@ -773,9 +978,18 @@ async fn failing_plugin_case(plugin: &str, code: Code, detail: &str) -> Result<(
         code,
         &format!("RunPodSandbox with failing plugin {plugin}"),
     );
-    println!("{plugin}: RunPodSandbox failed after {:?}: {err:?}", started.elapsed());
-    assert!(err.message().contains(plugin), "error names {plugin}: {err:?}");
-    assert!(err.message().contains(detail), "error has {detail:?}: {err:?}");
+    println!(
+        "{plugin}: RunPodSandbox failed after {:?}: {err:?}",
+        started.elapsed()
+    );
+    assert!(
+        err.message().contains(plugin),
+        "error names {plugin}: {err:?}"
+    );
+    assert!(
+        err.message().contains(detail),
+        "error has {detail:?}: {err:?}"
+    );
 
     // The bridge ran (so a veth and an IP existed) and was undone.
     let calls = fake.calls();
@@ -784,12 +998,17 @@ async fn failing_plugin_case(plugin: &str, code: Code, detail: &str) -> Result<(
         .find(|c| c.plugin == REC_BRIDGE && c.command == "ADD")
         .with_context(|| format!("the bridge ran ADD: {calls:?}"))?;
     let id = add.container_id.clone();
-    assert_eq!(fake.count(plugin, "ADD", &id), 1, "{plugin} ran ADD once: {calls:?}");
+    assert_eq!(
+        fake.count(plugin, "ADD", &id),
+        1,
+        "{plugin} ran ADD once: {calls:?}"
+    );
     assert!(
         fake.count(REC_BRIDGE, "DEL", &id) >= 1,
         "the bridge got DEL after the failed ADD: {calls:?}"
     );
-    env.assert_no_pod_leftovers(&format!("failed ADD ({plugin})")).await;
+    env.assert_no_pod_leftovers(&format!("failed ADD ({plugin})"))
+        .await;
     for pid in fake.sleep_pids() {
         assert!(!pid_alive(pid), "plugin process {pid} was killed");
     }
@@ -820,6 +1039,11 @@ async fn plugin_error_result_fails_with_its_message_and_nothing_leaks() -> Resul
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn plugin_printing_garbage_with_exit_0_fails_naming_it_and_nothing_leaks() -> Result<()> {
+    failing_plugin_case(FAIL_GARBAGE, Code::Internal, "invalid result").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn hanging_plugin_times_out_naming_it_and_nothing_leaks() -> Result<()> {
     failing_plugin_case(FAIL_SLEEP, Code::DeadlineExceeded, "timed out").await
 }
@@ -841,15 +1065,21 @@ async fn malformed_conflist_sorting_first_is_skipped_with_a_warning() -> Result<
     let c = wait_network_ready(&env, true).await?;
     assert!(c.status);
     let log_path = env.berthd.log_path();
-    poll_until(Duration::from_secs(5), "a warning naming 00-bad.conflist", || {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        async move {
-            Ok(text
-                .lines()
-                .any(|l| l.contains("00-bad.conflist") && (l.contains("WARN") || l.contains("warn")))
-                .then_some(()))
-        }
-    })
+    poll_until(
+        Duration::from_secs(5),
+        "a warning naming 00-bad.conflist",
+        || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            async move {
+                Ok(text
+                    .lines()
+                    .any(|l| {
+                        l.contains("00-bad.conflist") && (l.contains("WARN") || l.contains("warn"))
+                    })
+                    .then_some(()))
+            }
+        },
+    )
     .await?;
     Ok(())
 }

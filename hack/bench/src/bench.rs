@@ -83,6 +83,7 @@ impl Bench {
     pub async fn execute(&mut self, opts: &Options, plan: &Plan) -> Result<Results> {
         let started = Instant::now();
         let date = versions::now_utc();
+        let machine = versions::machine();
         eprintln!(
             "berth-bench: {} run {} in {}",
             plan.mode.name(),
@@ -104,6 +105,7 @@ impl Bench {
         );
         let mut results = Results::new(plan, &pull_desc);
         results.date = date;
+        results.machine = machine;
 
         let cni = CniNet::write(&self.dir.join("cni"), &self.run_id)?;
         self.cni = Some(cni.clone());
@@ -184,7 +186,6 @@ impl Bench {
             .try_into()
             .context("two runtimes")?;
         results.versions = versions::collect(rts, &opts.berthd, &opts.containerd).await;
-        results.machine = versions::machine();
 
         workload::run_all(rts, &images, &mut results).await?;
 
@@ -197,6 +198,9 @@ impl Bench {
             );
         }
         results.elapsed = started.elapsed();
+        results
+            .machine
+            .push(("load average at end".into(), versions::load_average()));
         Ok(results)
     }
 
@@ -280,7 +284,14 @@ impl Bench {
         let mut problems = Vec::new();
         for rt in &mut self.runtimes {
             if rt.daemon.ensure_running().is_ok() {
-                problems.extend(remove_all_pods(rt).await);
+                let (removed, failed) = remove_all_pods(rt).await;
+                problems.extend(failed);
+                if removed > 0 {
+                    // An interrupted run may leave a RunPodSandbox finishing server-side,
+                    // not listed yet on the first pass.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    problems.extend(remove_all_pods(rt).await.1);
+                }
             } else {
                 problems.push(format!("{} was not running at clean-up", rt.name()));
             }
@@ -361,11 +372,13 @@ impl Bench {
     }
 }
 
-/// Stops and removes every pod `rt` lists; returns the failures.
-async fn remove_all_pods(rt: &Runtime) -> Vec<String> {
+/// Stops and removes every pod `rt` lists; returns how many it found, and the failures.
+async fn remove_all_pods(rt: &Runtime) -> (usize, Vec<String>) {
     let mut problems = Vec::new();
+    let mut found = 0;
     match rt.client.list_pods().await {
         Ok(pods) => {
+            found = pods.len();
             for p in pods {
                 if let Err(s) = rt.client.stop_pod(&p.id).await {
                     problems.push(format!("{}: StopPodSandbox {}: {s}", rt.name(), p.id));
@@ -377,7 +390,7 @@ async fn remove_all_pods(rt: &Runtime) -> Vec<String> {
         }
         Err(s) => problems.push(format!("{}: ListPodSandbox: {s}", rt.name())),
     }
-    problems
+    (found, problems)
 }
 
 /// PIDs of processes in cgroup `root` or below, in any hierarchy.

@@ -456,16 +456,20 @@ const METHOD: &str = "\
   repeated text, about 2:1), big files and many small ones. Before each cold pull the
   image is removed and the runtime's root is watched until it is back to its empty size.
 - A pod is what kubelet asks for: RunPodSandbox (network and IPC per pod, PID per
-  container, a cgroup parent of its own), CreateContainer and StartContainer of busybox
-  `sleep`; the start is timed until StartContainer returns (the container is then checked
-  to be running, untimed). Teardown is StopPodSandbox + RemovePodSandbox.
+  container), CreateContainer and StartContainer of busybox `sleep`; the start is timed
+  until StartContainer returns (the container is then checked to be running, untimed).
+  Teardown is StopPodSandbox + RemovePodSandbox. As kubelet's cgroupfs driver does, the
+  bench creates each pod's cgroup (the sandbox's `cgroup_parent`) before RunPodSandbox and
+  removes it after RemovePodSandbox, untimed, for both runtimes.
 - Parallel starts run a batch of pods at once and time each pod; the list / status calls
   run with all parallel pods up, without filters (kubelet's relist), ContainerStatus on
   each container in turn.
 - Memory is RSS and PSS from `/proc/PID/smaps_rollup`: the daemon (berthd, containerd),
   the per-pod helpers (berth's monitors, containerd's shims) and the pause processes with
   their children (containerd's sandbox containers; berth has one only for pods sharing a
-  PID namespace); container workloads are not counted. RSS counts shared pages in full
+  PID namespace); container workloads are not counted. The pause image is busybox `sh`
+  waiting on `sleep` (two processes, where Kubernetes' pause is one small static binary):
+  containerd's pause figures are a little above what registry.k8s.io/pause would give. RSS counts shared pages in full
   for every process, PSS divides them: PSS is the fair sum.
 - Medians and 95th percentiles by nearest rank; ratios are berth / containerd.
 ";

@@ -64,6 +64,17 @@ pub async fn collect(
             berthd.display()
         ),
     ));
+    if let Some(monitor) = berthd.parent().map(|d| d.join("berth-monitor")) {
+        let linking = match elf_is_static(&monitor) {
+            Some(true) => "statically linked",
+            Some(false) => "dynamically linked",
+            None => "not an ELF file?",
+        };
+        v.push((
+            "berth-monitor".into(),
+            format!("{linking}; {}", monitor.display()),
+        ));
+    }
     v.push((
         "containerd".into(),
         first_line(&containerd.display().to_string(), &["--version"]),
@@ -84,6 +95,29 @@ pub async fn collect(
     v.push(("kernel".into(), read_trim("/proc/sys/kernel/osrelease")));
     v.push(("berth source".into(), git_revision()));
     v
+}
+
+/// Whether the ELF executable at `path` has no program interpreter (`PT_INTERP`), i.e. is
+/// statically linked. `None` if it is not a readable 64-bit little-endian ELF file.
+pub fn elf_is_static(path: &Path) -> Option<bool> {
+    let data = std::fs::read(path).ok()?;
+    if data.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let u16_at = |o: usize| -> Option<usize> {
+        Some(u16::from_le_bytes(data.get(o..o + 2)?.try_into().ok()?) as usize)
+    };
+    let phoff = u64::from_le_bytes(data.get(32..40)?.try_into().ok()?) as usize;
+    let (phentsize, phnum) = (u16_at(54)?, u16_at(56)?);
+    const PT_INTERP: u32 = 3;
+    for i in 0..phnum {
+        let at = phoff + i * phentsize;
+        let p_type = u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?);
+        if p_type == PT_INTERP {
+            return Some(false);
+        }
+    }
+    Some(true)
 }
 
 /// `git rev-parse --short HEAD` of the workspace, with `+dirty` for local changes.
@@ -144,7 +178,17 @@ pub fn machine() -> Vec<(String, String)> {
         ("memory".into(), mem),
         ("OS".into(), os),
         ("cgroups".into(), cgroups.into()),
+        ("load average at start".into(), load_average()),
     ]
+}
+
+/// The 1, 5 and 15 minute load averages (other work on the machine skews the figures).
+pub fn load_average() -> String {
+    read_trim("/proc/loadavg")
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Now as `YYYY-MM-DD HH:MM UTC`.
@@ -186,6 +230,19 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn elf_linking() {
+        let me = std::env::current_exe().expect("test binary");
+        assert!(elf_is_static(&me).is_some());
+        assert_eq!(elf_is_static(Path::new("/etc/os-release")), None);
+        if Path::new("/bin/busybox").exists() {
+            assert_eq!(elf_is_static(Path::new("/bin/busybox")), Some(true));
+        }
+        if Path::new("/bin/ls").exists() {
+            assert_eq!(elf_is_static(Path::new("/bin/ls")), Some(false));
+        }
+    }
 
     #[test]
     fn dates() {

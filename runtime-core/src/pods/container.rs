@@ -39,7 +39,32 @@ pub enum Lifecycle {
 }
 
 impl PodService {
-    fn lifecycle(rec: &ContainerRecord) -> Lifecycle {
+    /// The container's state; an exit once seen is remembered, so list and status calls
+    /// read no file for exited containers.
+    fn lifecycle(&self, rec: &ContainerRecord) -> Lifecycle {
+        if let Some(x) = self
+            .inner
+            .exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&rec.id)
+        {
+            return Lifecycle::Exited(*x);
+        }
+        let l = Self::lifecycle_uncached(rec);
+        if let Lifecycle::Exited(x) = &l
+            && rec.start_error.is_none()
+        {
+            self.inner
+                .exits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(rec.id.clone(), *x);
+        }
+        l
+    }
+
+    fn lifecycle_uncached(rec: &ContainerRecord) -> Lifecycle {
         if let Some(msg) = &rec.start_error {
             let _ = msg;
             return Lifecycle::Exited(ExitInfo {
@@ -267,7 +292,7 @@ impl PodService {
         let entry = self.container(id)?;
         let _op = entry.op.lock().await;
         let rec = entry.get();
-        match Self::lifecycle(&rec) {
+        match self.lifecycle(&rec) {
             Lifecycle::Created => {}
             Lifecycle::Running => {
                 return Err(Error::FailedPrecondition(format!(
@@ -360,7 +385,7 @@ impl PodService {
         let entry = self.container(id)?;
         let _op = entry.op.lock().await;
         let rec = entry.get();
-        if Self::lifecycle(&rec) != Lifecycle::Running {
+        if self.lifecycle(&rec) != Lifecycle::Running {
             return Ok(());
         }
         let pod = self.sandbox(&rec.pod_id)?.get();
@@ -404,7 +429,7 @@ impl PodService {
     async fn wait_exit(&self, rec: &ContainerRecord, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if matches!(Self::lifecycle(rec), Lifecycle::Exited(_)) {
+            if matches!(self.lifecycle(rec), Lifecycle::Exited(_)) {
                 return true;
             }
             if tokio::time::Instant::now() >= deadline {
@@ -444,6 +469,11 @@ impl PodService {
             .map_err(|e| Error::Internal(format!("remove container task: {e}")))?;
         crate::fsutil::remove_all(&self.container_record_path(&rec.id))?;
         self.inner
+            .exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&rec.id);
+        self.inner
             .containers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -468,7 +498,7 @@ impl PodService {
         verbose: bool,
     ) -> Result<(cri::ContainerStatus, HashMap<String, String>)> {
         let rec = self.container(id)?.get();
-        let life = Self::lifecycle(&rec);
+        let life = self.lifecycle(&rec);
         let (finished_at, exit_code, reason, message) = match &life {
             Lifecycle::Exited(x) => {
                 let reason = if rec.start_error.is_some() {
@@ -559,7 +589,7 @@ impl PodService {
             .iter()
             .map(|e| e.get())
             .filter_map(|r| {
-                let state = Self::cri_state(&Self::lifecycle(&r)) as i32;
+                let state = Self::cri_state(&self.lifecycle(&r)) as i32;
                 let keep = match filter {
                     None => true,
                     Some(f) => {
@@ -602,7 +632,7 @@ impl PodService {
             return Err(Error::InvalidArgument("exec command is empty".into()));
         }
         let rec = self.container(id)?.get();
-        if Self::lifecycle(&rec) != Lifecycle::Running {
+        if self.lifecycle(&rec) != Lifecycle::Running {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is not running",
                 rec.id
@@ -634,14 +664,14 @@ impl PodService {
         let entry = self.container(id)?;
         let _op = entry.op.lock().await;
         let rec = entry.get();
-        if matches!(Self::lifecycle(&rec), Lifecycle::Exited(_)) {
+        if matches!(self.lifecycle(&rec), Lifecycle::Exited(_)) {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is not running",
                 rec.id
             )));
         }
         let oci = crate::oci::spec::update_resources(&resources)?;
-        if Self::lifecycle(&rec) == Lifecycle::Running {
+        if self.lifecycle(&rec) == Lifecycle::Running {
             let pod = self.sandbox(&rec.pod_id)?.get();
             let runtime = self.runtime(&pod.runtime_handler)?;
             let file = rec.bundle.join("resources.json");
@@ -665,7 +695,7 @@ impl PodService {
     /// ReopenContainerLog: the monitor reopens the log file kubelet just rotated.
     pub async fn reopen_container_log(&self, id: &str) -> Result<()> {
         let rec = self.container(id)?.get();
-        if Self::lifecycle(&rec) != Lifecycle::Running {
+        if self.lifecycle(&rec) != Lifecycle::Running {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is not running",
                 rec.id

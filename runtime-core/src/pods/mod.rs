@@ -137,6 +137,8 @@ pub(crate) struct Inner {
     pub(crate) pod_cidr: Mutex<Option<String>>,
     /// Samples for CPU rates and cached disk usage.
     pub(crate) stats: stats::StatsCache,
+    /// Exit statuses already read from the monitors' exit files.
+    pub(crate) exits: Mutex<HashMap<String, crate::monitor::ExitInfo>>,
 }
 
 /// Runs pods and containers.
@@ -179,6 +181,7 @@ impl PodService {
             cni,
             pod_cidr: Mutex::new(None),
             stats: stats::StatsCache::default(),
+            exits: Mutex::new(HashMap::new()),
             opts,
             images,
             cgroups,

@@ -414,6 +414,11 @@ impl PodService {
             self.remove_container(&cid).await?;
         }
         crate::cgroups::remove(&rec.cgroups_created);
+        // Stop released these; a record from before a crash may still name them.
+        ns::unpin(&rec.namespaces);
+        if let Some(shm) = &rec.shm {
+            files::unmount(shm);
+        }
         crate::fsutil::remove_all(&rec.dir)?;
         crate::fsutil::remove_all(&self.sandbox_record_path(&rec.id))?;
         self.inner
@@ -516,6 +521,12 @@ impl PodService {
 
 fn sandbox_state(r: &SandboxRecord) -> cri::PodSandboxState {
     match r.state {
+        // A crash during CNI ADD leaves a ready record whose RunPodSandbox never answered
+        // and that has no IP: report it not ready (as containerd does) so kubelet replaces
+        // it; Stop and Remove still release it, DEL coming from the cache.
+        SandboxState::Ready if r.network_attached && r.ips.is_empty() => {
+            cri::PodSandboxState::SandboxNotready
+        }
         SandboxState::Ready => cri::PodSandboxState::SandboxReady,
         SandboxState::NotReady => cri::PodSandboxState::SandboxNotready,
     }

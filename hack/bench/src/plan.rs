@@ -48,24 +48,24 @@ impl Plan {
     /// The preset for `mode`.
     pub fn for_mode(mode: Mode) -> Plan {
         match mode {
-            // ~100 MB compressed, N=50, 100 pods: about 6-8 minutes here.
+            // ~100 MB compressed, N=50, 100 pods: about 2-3 minutes here.
             Mode::Full => Plan {
                 mode,
                 pull_layers: 5,
                 pull_layer_bytes: 38 << 20,
-                pull_runs: 5,
+                pull_runs: 7,
                 sequential_pods: 50,
                 parallelism: 10,
                 running_pods: 100,
                 list_rounds: 100,
             },
-            // ~30 MB compressed, N=15, 30 pods: about 1-2 minutes here.
+            // ~30 MB compressed, N=20, 30 pods: about 30-40 seconds here.
             Mode::Quick => Plan {
                 mode,
                 pull_layers: 5,
                 pull_layer_bytes: 12 << 20,
                 pull_runs: 3,
-                sequential_pods: 15,
+                sequential_pods: 20,
                 parallelism: 10,
                 running_pods: 30,
                 list_rounds: 30,

@@ -14,7 +14,7 @@ use k8s_cri::v1 as cri;
 use nix::mount::MsFlags;
 
 use super::records::{self, ContainerRecord, SandboxState};
-use super::{Entry, PodService, labels_match, new_id, now_ns, release_name};
+use super::{Entry, PodService, labels_match, lock, new_id, now_ns, release_name};
 use crate::monitor::{self, ExitInfo};
 use crate::ociruntime::ExecOutput;
 use crate::{Error, Result};
@@ -42,24 +42,14 @@ impl PodService {
     /// The container's state; an exit once seen is remembered, so list and status calls
     /// read no file for exited containers.
     fn lifecycle(&self, rec: &ContainerRecord) -> Lifecycle {
-        if let Some(x) = self
-            .inner
-            .exits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&rec.id)
-        {
+        if let Some(x) = lock(&self.inner.exits).get(&rec.id) {
             return Lifecycle::Exited(*x);
         }
         let l = Self::lifecycle_uncached(rec);
         if let Lifecycle::Exited(x) = &l
             && rec.start_error.is_none()
         {
-            self.inner
-                .exits
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(rec.id.clone(), *x);
+            lock(&self.inner.exits).insert(rec.id.clone(), *x);
         }
         l
     }
@@ -185,11 +175,7 @@ impl PodService {
             cleanup_bundle(&bundle, &dir);
             return Err(e);
         }
-        self.inner
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), Entry::new(rec));
+        lock(&self.inner.containers).insert(id.clone(), Entry::new(rec));
         guard.keep();
         tracing::info!(container = %id, pod = %pod_id, name = %meta.name, "container created");
         Ok(id)
@@ -468,16 +454,8 @@ impl PodService {
             .await
             .map_err(|e| Error::Internal(format!("remove container task: {e}")))?;
         crate::fsutil::remove_all(&self.container_record_path(&rec.id))?;
-        self.inner
-            .exits
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rec.id);
-        self.inner
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rec.id);
+        lock(&self.inner.exits).remove(&rec.id);
+        lock(&self.inner.containers).remove(&rec.id);
         release_name(&self.inner, &name_key(&rec.pod_id, &rec.metadata()));
         tracing::info!(container = %rec.id, "container removed");
         Ok(())
@@ -577,17 +555,9 @@ impl PodService {
 
     /// ListContainers with CRI's filter.
     pub fn list_containers(&self, filter: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
-        let entries: Vec<_> = self
-            .inner
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let mut out: Vec<cri::Container> = entries
-            .iter()
-            .map(|e| e.get())
+        let mut out: Vec<cri::Container> = self
+            .all_containers()
+            .into_iter()
             .filter_map(|r| {
                 let state = Self::cri_state(&self.lifecycle(&r)) as i32;
                 let keep = match filter {

@@ -301,36 +301,32 @@ impl PodService {
     }
 
     pub(crate) fn sandbox(&self, id: &str) -> Result<Arc<Entry<SandboxRecord>>> {
-        let map = self
-            .inner
-            .sandboxes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get(id) {
-            return Ok(Arc::clone(e));
-        }
-        find_by_prefix(&map, id, "pod sandbox")
+        lookup(&lock(&self.inner.sandboxes), id, "pod sandbox")
     }
 
     pub(crate) fn container(&self, id: &str) -> Result<Arc<Entry<ContainerRecord>>> {
-        let map = self
-            .inner
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = map.get(id) {
-            return Ok(Arc::clone(e));
-        }
-        find_by_prefix(&map, id, "container")
+        lookup(&lock(&self.inner.containers), id, "container")
+    }
+
+    /// A snapshot of every pod record.
+    pub(crate) fn all_sandboxes(&self) -> Vec<SandboxRecord> {
+        lock(&self.inner.sandboxes)
+            .values()
+            .map(|e| e.get())
+            .collect()
+    }
+
+    /// A snapshot of every container record.
+    pub(crate) fn all_containers(&self) -> Vec<ContainerRecord> {
+        lock(&self.inner.containers)
+            .values()
+            .map(|e| e.get())
+            .collect()
     }
 
     pub(crate) fn containers_of(&self, pod_id: &str) -> Vec<Arc<Entry<ContainerRecord>>> {
-        let map = self
-            .inner
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        map.values()
+        lock(&self.inner.containers)
+            .values()
             .filter(|e| e.get().pod_id == pod_id)
             .cloned()
             .collect()
@@ -338,11 +334,7 @@ impl PodService {
 
     /// The container using image `image_id`, if any (images in use are not removed).
     pub fn image_user(&self, image_id: &str) -> Option<String> {
-        let map = self
-            .inner
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let map = lock(&self.inner.containers);
         map.values()
             .map(|e| e.get())
             .find(|c| c.image_id == image_id)
@@ -378,11 +370,7 @@ impl PodService {
             }
             Some(cidr.to_string())
         };
-        *self
-            .inner
-            .pod_cidr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = value;
+        *lock(&self.inner.pod_cidr) = value;
         Ok(())
     }
 
@@ -405,7 +393,7 @@ impl PodService {
     }
 
     fn reserve(&self, key: String, what: &str) -> Result<NameGuard> {
-        let mut names = self.inner.names.lock().unwrap_or_else(|p| p.into_inner());
+        let mut names = lock(&self.inner.names);
         if !names.insert(key.clone()) {
             return Err(Error::AlreadyExists(format!("{what} is already in use")));
         }
@@ -431,11 +419,7 @@ impl NameGuard {
 impl Drop for NameGuard {
     fn drop(&mut self) {
         if let Some(k) = self.key.take() {
-            self.inner
-                .names
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&k);
+            lock(&self.inner.names).remove(&k);
         }
     }
 }
@@ -448,7 +432,17 @@ pub(crate) fn release_name(inner: &Inner, key: &str) {
         .remove(key);
 }
 
-fn find_by_prefix<T>(map: &HashMap<String, Arc<T>>, id: &str, what: &str) -> Result<Arc<T>> {
+/// Locks a mutex, recovering the data if a panic poisoned it (the maps stay consistent:
+/// every update is a single insert or remove).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// An object by full ID or unambiguous ID prefix (as crictl lets users type).
+fn lookup<T>(map: &HashMap<String, Arc<T>>, id: &str, what: &str) -> Result<Arc<T>> {
+    if let Some(e) = map.get(id) {
+        return Ok(Arc::clone(e));
+    }
     if id.is_empty() {
         return Err(Error::InvalidArgument(format!("{what} ID is empty")));
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use k8s_cri::v1 as cri;
 
 use super::records::{self, SandboxRecord, SandboxState};
-use super::{Entry, PodService, labels_match, new_id, now_ns, release_name};
+use super::{Entry, PodService, labels_match, lock, new_id, now_ns, release_name};
 use crate::monitor;
 use crate::sandbox::{files, ns};
 use crate::{Error, Result};
@@ -159,11 +159,7 @@ impl PodService {
             let _ = crate::fsutil::remove_all(&path);
             return Err(e);
         }
-        self.inner
-            .sandboxes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), Entry::new(rec));
+        lock(&self.inner.sandboxes).insert(id.clone(), Entry::new(rec));
         guard.keep();
         tracing::info!(pod = %id, name = %meta.name, namespace = %meta.namespace, "pod sandbox ready");
         Ok(id)
@@ -320,13 +316,7 @@ impl PodService {
             searches: d.searches.clone(),
             options: d.options.clone(),
         });
-        if let Some(cidr) = self
-            .inner
-            .pod_cidr
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        {
+        if let Some(cidr) = lock(&self.inner.pod_cidr).clone() {
             a.capabilities.ip_ranges = vec![vec![cni::IpRange {
                 subnet: cidr,
                 range_start: None,
@@ -421,11 +411,7 @@ impl PodService {
         }
         crate::fsutil::remove_all(&rec.dir)?;
         crate::fsutil::remove_all(&self.sandbox_record_path(&rec.id))?;
-        self.inner
-            .sandboxes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&rec.id);
+        lock(&self.inner.sandboxes).remove(&rec.id);
         release_name(&self.inner, &name_key(&rec.metadata()));
         tracing::info!(pod = %rec.id, "pod sandbox removed");
         Ok(())
@@ -483,17 +469,9 @@ impl PodService {
 
     /// ListPodSandbox with CRI's filter (id or id prefix, state, label selector).
     pub fn list_pod_sandbox(&self, filter: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
-        let entries: Vec<_> = self
-            .inner
-            .sandboxes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let mut out: Vec<cri::PodSandbox> = entries
-            .iter()
-            .map(|e| e.get())
+        let mut out: Vec<cri::PodSandbox> = self
+            .all_sandboxes()
+            .into_iter()
             .filter(|r| match filter {
                 None => true,
                 Some(f) => {

@@ -135,17 +135,8 @@ impl PodService {
         &self,
         filter: Option<&cri::ContainerStatsFilter>,
     ) -> Vec<cri::ContainerStats> {
-        let entries: Vec<_> = self
-            .inner
-            .containers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        entries
-            .iter()
-            .map(|e| e.get())
+        self.all_containers()
+            .into_iter()
             .filter(|r| match filter {
                 None => true,
                 Some(f) => {
@@ -214,12 +205,8 @@ impl PodService {
         filter: Option<&cri::PodSandboxStatsFilter>,
     ) -> Vec<cri::PodSandboxStats> {
         let ids: Vec<String> = self
-            .inner
-            .sandboxes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|e| e.get())
+            .all_sandboxes()
+            .into_iter()
             .filter(|r| match filter {
                 None => true,
                 Some(f) => {

@@ -330,6 +330,39 @@ mod tests {
     }
 }
 
+impl Layout {
+    /// SIGKILLs every process of cgroup `path`: v2 `cgroup.kill` when the kernel has it,
+    /// else each pid of `cgroup.procs` (repeated, for processes forked meanwhile). `Ok(false)`
+    /// when the cgroup does not exist.
+    pub fn kill_all(&self, path: &str) -> Result<bool> {
+        let rel = relative(path)?;
+        let dir = match self {
+            Layout::V1 { hierarchies } => hierarchies
+                .iter()
+                .map(|h| h.join(&rel))
+                .find(|d| d.join("cgroup.procs").exists()),
+            Layout::V2 { root } => Some(root.join(&rel)),
+        };
+        let Some(dir) = dir.filter(|d| d.join("cgroup.procs").exists()) else {
+            return Ok(false);
+        };
+        if matches!(self, Layout::V2 { .. }) && fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+            return Ok(true);
+        }
+        // A second pass catches processes forked while the first one was signalling.
+        for _ in 0..2 {
+            let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        Ok(true)
+    }
+}
+
 /// Resource usage of one cgroup, read from the v1 or v2 interface files.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CgroupStats {

@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 
 use crate::berth::{self, BerthOptions};
 use crate::cni::CniNet;
+use crate::floor::RuncFloor;
 use crate::containerd::{self, ContainerdOptions, SHIM_SOCKET_DIR};
 use crate::images::{self, BUSYBOX_REF, PAUSE_REF};
 use crate::memory::ProcTable;
@@ -48,6 +49,7 @@ pub struct Bench {
     registry: Option<Registry>,
     cni: Option<CniNet>,
     runtimes: Vec<Runtime>,
+    floor: Option<RuncFloor>,
     shim_dir_existed: bool,
     run_containerd_existed: bool,
 }
@@ -69,6 +71,7 @@ impl Bench {
             registry: None,
             cni: None,
             runtimes: Vec::new(),
+            floor: None,
             shim_dir_existed: Path::new(SHIM_SOCKET_DIR).exists(),
             run_containerd_existed: Path::new("/run/containerd").exists(),
         })
@@ -81,6 +84,7 @@ impl Bench {
 
     /// Sets everything up and runs every workload.
     pub async fn execute(&mut self, opts: &Options, plan: &Plan) -> Result<Results> {
+        preflight(opts)?;
         let started = Instant::now();
         let date = versions::now_utc();
         let machine = versions::machine();
@@ -153,7 +157,7 @@ impl Bench {
 
         eprintln!("berth-bench: starting berthd and containerd");
         // As kubelet's /kubepods/besteffort: the parent of the pod cgroups exists.
-        for rt in ["berth", "containerd"] {
+        for rt in ["berth", "containerd", "floor"] {
             crate::cgroups::create(&format!("{}/{rt}", self.cgroup_root))?;
         }
         let berth = self.start_berth(opts, &addr, &cni, &mut results).await?;
@@ -187,7 +191,11 @@ impl Bench {
             .context("two runtimes")?;
         results.versions = versions::collect(rts, &opts.berthd, &opts.containerd).await;
 
-        workload::run_all(rts, &images, &mut results).await?;
+        let floor = self.floor.insert(RuncFloor::prepare(
+            &self.dir.join("floor"),
+            &format!("{}/floor", self.cgroup_root),
+        )?);
+        workload::run_all(rts, &images, floor, &mut results).await?;
 
         let log = std::fs::read_to_string(rts[1].daemon.log()).unwrap_or_default();
         let check = containerd::check_hosts(&log, &addr);
@@ -299,6 +307,9 @@ impl Bench {
         for rt in &mut self.runtimes {
             rt.daemon.stop(Duration::from_secs(20)).await;
         }
+        if let Some(floor) = self.floor.take() {
+            floor.cleanup();
+        }
         problems.extend(self.kill_leftovers().await);
         problems.extend(unmount_under(&self.dir));
         let sandboxes: Vec<String> = self
@@ -370,6 +381,45 @@ impl Bench {
         }
         problems
     }
+}
+
+/// Fails early, before anything is started, when a binary the run needs is missing.
+fn preflight(opts: &Options) -> Result<()> {
+    let monitor = opts.berthd.with_file_name("berth-monitor");
+    let needed = [
+        (
+            opts.berthd.clone(),
+            "build it: cargo build --release -p cri-server",
+        ),
+        (monitor, "it is built with berthd and must be next to it"),
+        (opts.containerd.clone(), "Debian package containerd"),
+        (
+            PathBuf::from("/usr/bin/containerd-shim-runc-v2"),
+            "Debian package containerd",
+        ),
+        (PathBuf::from("/usr/sbin/runc"), "Debian package runc"),
+        (
+            PathBuf::from(crate::registry::REGISTRY_BIN),
+            "Debian package docker-registry",
+        ),
+        (
+            Path::new(crate::cni::CNI_BIN_DIR).join("bridge"),
+            "Debian package containernetworking-plugins",
+        ),
+        (
+            PathBuf::from("/bin/busybox"),
+            "Debian package busybox-static",
+        ),
+    ];
+    let missing: Vec<String> = needed
+        .iter()
+        .filter(|(p, _)| !p.is_file())
+        .map(|(p, why)| format!("{} ({why})", p.display()))
+        .collect();
+    if !missing.is_empty() {
+        bail!("missing: {}", missing.join(", "));
+    }
+    Ok(())
 }
 
 /// Stops and removes every pod `rt` lists; returns how many it found, and the failures.

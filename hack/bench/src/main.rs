@@ -18,6 +18,7 @@ mod client;
 mod cni;
 mod containerd;
 mod daemon;
+mod floor;
 mod images;
 mod memory;
 mod plan;
@@ -113,12 +114,14 @@ async fn run(args: Args) -> Result<()> {
     };
     let mut bench = Bench::new()?;
     let outcome = tokio::select! {
-        r = bench.execute(&opts, &plan) => r,
+        r = bench.execute(&opts, &plan) => {
+            if r.is_err() {
+                bench.print_log_tails(25);
+            }
+            r
+        }
         sig = interrupted() => Err(anyhow::anyhow!("interrupted by {}", sig.unwrap_or("a signal"))),
     };
-    if outcome.is_err() {
-        bench.print_log_tails(25);
-    }
     if let Some(dir) = &args.keep_logs {
         match bench.keep_logs(dir) {
             Ok(()) => eprintln!("berth-bench: logs kept in {}", dir.display()),

@@ -192,6 +192,44 @@ fn latency_table(results: &Results) -> String {
     t.render()
 }
 
+/// runc alone, and what each runtime adds on top of it (median minus floor median).
+fn floor_table(results: &Results) -> String {
+    let mut t = Table::new(&[
+        "runc alone",
+        "n",
+        "median",
+        "p95",
+        "of",
+        "berth adds",
+        "containerd adds",
+    ]);
+    for f in &results.floors {
+        let median = stats::median(&f.samples);
+        let above = |rt: usize| -> String {
+            let op = results.op(f.under).and_then(|o| o.medians()[rt]);
+            match (op, median) {
+                (Some(o), Some(m)) => fmt_ms(o - m),
+                _ => "n/a".into(),
+            }
+        };
+        t.row(vec![
+            f.label.to_string(),
+            f.samples.len().to_string(),
+            median.map(fmt_ms).unwrap_or_else(|| "n/a".into()),
+            stats::p95(&f.samples)
+                .map(fmt_ms)
+                .unwrap_or_else(|| "n/a".into()),
+            results
+                .op(f.under)
+                .map(|o| o.label.split(',').next().unwrap_or("").to_string())
+                .unwrap_or_default(),
+            above(BERTH),
+            above(CONTAINERD),
+        ]);
+    }
+    t.render()
+}
+
 fn ratio_of(a: u64, b: u64) -> Option<f64> {
     stats::ratio(Some(a as f64), Some(b as f64))
 }
@@ -328,6 +366,12 @@ pub fn tables(results: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "### Latency (berth / containerd; lower is better)\n");
     s.push_str(&latency_table(results));
+    let _ = writeln!(
+        s,
+        "\n### Floor: runc alone on a prepared bundle (no CRI, image, CNI or pod), sampled \
+         between the sequential pods\n"
+    );
+    s.push_str(&floor_table(results));
     let (mem, mem_verdicts) = memory_table(results);
     let _ = writeln!(
         s,
@@ -471,6 +515,11 @@ const METHOD: &str = "\
   waiting on `sleep` (two processes, where Kubernetes' pause is one small static binary):
   containerd's pause figures are a little above what registry.k8s.io/pause would give. RSS counts shared pages in full
   for every process, PSS divides them: PSS is the fair sum.
+- The floor is runc alone, timed by the bench between the sequential pods: `runc create`
+  + `runc start` of busybox `sleep` in a prepared bundle (`runc spec`'s namespaces, a
+  cgroup of its own), and `runc delete --force`. No pod start or teardown can be faster;
+  \"adds\" is a runtime's median minus the floor's: the work that is the runtime's own
+  (sandbox set-up, CNI, rootfs mounts, the monitor or shim, bookkeeping, gRPC).
 - Medians and 95th percentiles by nearest rank; ratios are berth / containerd.
 ";
 

@@ -101,6 +101,19 @@ impl MemLevel {
     }
 }
 
+/// A timing of runc alone (see [`crate::floor`]).
+#[derive(Debug, Clone)]
+pub struct Floor {
+    /// Stable key.
+    pub key: &'static str,
+    /// What the row says.
+    pub label: &'static str,
+    /// The operation of the runtimes this is the floor of.
+    pub under: &'static str,
+    /// Latencies in milliseconds.
+    pub samples: Vec<f64>,
+}
+
 /// Everything a run produced.
 #[derive(Debug, Clone)]
 pub struct Results {
@@ -110,6 +123,8 @@ pub struct Results {
     pub ops: Vec<Op>,
     /// Memory samples, by ascending pod count.
     pub memory: Vec<MemLevel>,
+    /// runc alone: the floor under pod start and teardown.
+    pub floors: Vec<Floor>,
     /// Things a reader must know (fallbacks, checks, caveats).
     pub notes: Vec<String>,
     /// Versions of everything involved, as (what, version).
@@ -210,6 +225,20 @@ impl Results {
             plan: plan.clone(),
             ops,
             memory: Vec::new(),
+            floors: vec![
+                Floor {
+                    key: "runc.start",
+                    label: "runc create + runc start (busybox sleep)",
+                    under: "start",
+                    samples: Vec::new(),
+                },
+                Floor {
+                    key: "runc.delete",
+                    label: "runc delete --force",
+                    under: "teardown",
+                    samples: Vec::new(),
+                },
+            ],
             notes: Vec::new(),
             versions: Vec::new(),
             machine: Vec::new(),
@@ -219,7 +248,6 @@ impl Results {
     }
 
     /// The operation `key`.
-    #[cfg(test)]
     pub fn op(&self, key: &str) -> Option<&Op> {
         self.ops.iter().find(|o| o.key == key)
     }
@@ -232,6 +260,13 @@ impl Results {
     pub fn record(&mut self, key: &str, rt: usize, d: Duration) {
         if let Some(op) = self.op_mut(key) {
             op.samples[rt].push(d.as_secs_f64() * 1000.0);
+        }
+    }
+
+    /// Adds one sample of floor `key`.
+    pub fn record_floor(&mut self, key: &str, d: Duration) {
+        if let Some(f) = self.floors.iter_mut().find(|f| f.key == key) {
+            f.samples.push(d.as_secs_f64() * 1000.0);
         }
     }
 

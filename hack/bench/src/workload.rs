@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 use futures_util::future::join_all;
 use tonic::Code;
 
+use crate::floor::RuncFloor;
 use crate::images::{BUSYBOX_REF, BenchImages, PAUSE_REF, PULL_REF};
 use crate::memory::{self, Mem, ProcTable};
 use crate::pods::{self, Pod};
@@ -33,10 +34,12 @@ pub fn order(i: usize) -> [usize; 2] {
     }
 }
 
-/// Runs every workload on `rts` (`[berth, containerd]`), recording into `results`.
+/// Runs every workload on `rts` (`[berth, containerd]`), recording into `results`; `floor`
+/// samples runc alone alongside the sequential pods.
 pub async fn run_all(
     rts: &[Runtime; 2],
     images: &BenchImages,
+    floor: &mut RuncFloor,
     results: &mut Results,
 ) -> Result<()> {
     let plan = results.plan.clone();
@@ -71,7 +74,7 @@ pub async fn run_all(
         "berth-bench: (2) sequential pod starts and (4) teardowns: {} per runtime",
         plan.sequential_pods
     );
-    sequential(rts, plan.sequential_pods, results).await?;
+    sequential(rts, plan.sequential_pods, floor, results).await?;
 
     eprintln!(
         "berth-bench: (3) pod starts, {} at once, up to {} pods per runtime",
@@ -179,10 +182,19 @@ async fn make_cold(rt: &Runtime, max_bytes: u64) -> Result<bool> {
 }
 
 /// (2) and (4): `n` pods started one after the other on each runtime, then torn down one
-/// after the other.
-async fn sequential(rts: &[Runtime; 2], n: usize, results: &mut Results) -> Result<()> {
+/// after the other; and after each pair of pods, one runc container alone (the floor).
+async fn sequential(
+    rts: &[Runtime; 2],
+    n: usize,
+    floor: &mut RuncFloor,
+    results: &mut Results,
+) -> Result<()> {
     let mut pods: [Vec<Pod>; 2] = [Vec::new(), Vec::new()];
     for i in 0..n {
+        let (start, delete) =
+            tokio::task::block_in_place(|| floor.sample()).context("runc floor")?;
+        results.record_floor("runc.start", start);
+        results.record_floor("runc.delete", delete);
         for r in order(i) {
             let (pod, t) = pods::start(&rts[r], &format!("seq-{i}")).await?;
             results.record("start", r, t.total());

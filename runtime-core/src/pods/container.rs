@@ -1,8 +1,8 @@
 //! Container lifecycle: create (rootfs + OCI bundle), start (the pod monitor runs the OCI
-//! runtime's create, then `start`), stop, remove, status, list, exec-sync, resource updates
-//! and log reopening.
+//! runtime's `run --detach`), stop, remove, status, list, exec-sync, resource updates and
+//! log reopening.
 //!
-//! As containerd does, the OCI runtime's `create` runs at StartContainer, so a command
+//! As containerd does, the OCI runtime is first called at StartContainer, so a command
 //! missing from the image fails StartContainer with the runtime's message and the container
 //! then reports exit code 128 with reason `Error`.
 
@@ -315,7 +315,7 @@ impl PodService {
         let client = monitor::MonitorClient::new(pod.monitor_socket.clone());
         let req = monitor::CreateRequest {
             container_id: rec.id.clone(),
-            argv: runtime.create_argv(
+            argv: runtime.run_argv(
                 &rec.id,
                 &rec.bundle,
                 &rec.bundle.join("init.pid"),
@@ -349,13 +349,6 @@ impl PodService {
             }
         };
         let started_at = now_ns();
-        if let Err(e) = runtime.start(&rec.id, &runtime_log).await {
-            let _ = runtime
-                .kill(&rec.id, &runtime_log, libc::SIGKILL, true)
-                .await;
-            let _ = runtime.delete(&rec.id, &runtime_log).await;
-            return Err(fail(self, e.to_string()));
-        }
         let mut r = entry.get();
         r.pid = created.pid;
         r.started_at_ns = started_at;
@@ -379,7 +372,17 @@ impl PodService {
         let log = rec.bundle.join("runtime.log");
         if timeout > 0 {
             let sig = parse_signal(rec.stop_signal.as_deref()).unwrap_or(libc::SIGTERM);
-            if let Err(e) = runtime.kill(&rec.id, &log, sig, false).await {
+            // The init is the monitor's child and is not reaped before its exit is recorded,
+            // so while the container is running its pid cannot have been reused: signal it
+            // directly instead of paying for a runtime invocation.
+            let sent = rec.pid > 0
+                && self.lifecycle(&rec) == Lifecycle::Running
+                && nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(rec.pid),
+                    nix::sys::signal::Signal::try_from(sig).ok(),
+                )
+                .is_ok();
+            if !sent && let Err(e) = runtime.kill(&rec.id, &log, sig, false).await {
                 tracing::debug!(container = %rec.id, error = %e, "stop signal");
             }
             if self
@@ -390,7 +393,10 @@ impl PodService {
                 return Ok(());
             }
         }
-        if let Err(e) = runtime.kill(&rec.id, &log, libc::SIGKILL, true).await {
+        // Every process of the container, through its cgroup (what `runc kill --all` does),
+        // falling back to the runtime when the cgroup cannot be read.
+        let killed = self.inner.cgroups.kill_all(&rec.cgroup_path).unwrap_or(false);
+        if !killed && let Err(e) = runtime.kill(&rec.id, &log, libc::SIGKILL, true).await {
             tracing::debug!(container = %rec.id, error = %e, "SIGKILL");
             // The runtime may have lost the container (e.g. it exited meanwhile); make sure
             // the init is gone by pid.
@@ -421,7 +427,7 @@ impl PodService {
             if tokio::time::Instant::now() >= deadline {
                 return false;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

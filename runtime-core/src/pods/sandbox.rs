@@ -269,12 +269,19 @@ impl PodService {
     }
 
     async fn teardown(&self, rec: &mut SandboxRecord) {
+        if let Some(pid) = rec.pause_pid.filter(|p| *p > 1) {
+            // Killed while its parent, the monitor, is still there to reap it.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         if rec.monitor_pid.is_some() {
+            // A monitor that acknowledged the shutdown exits by itself; only one that did not
+            // answer is killed below.
             let client = monitor::MonitorClient::new(rec.monitor_socket.clone());
-            if client.shutdown().await.is_ok()
-                && let Some(pid) = rec.monitor_pid
-            {
-                wait_gone(pid, std::time::Duration::from_secs(5)).await;
+            if client.shutdown().await.is_ok() {
+                rec.monitor_pid = None;
             }
         }
         let svc = self.clone();
@@ -360,20 +367,26 @@ impl PodService {
             Err(e) => return Err(e),
         };
         let _op = entry.op.lock().await;
-        let rec = entry.get();
-        for c in self.containers_of(&rec.id) {
+        let mut rec = entry.get();
+        // The containers are killed at once, and the network is released meanwhile.
+        let stops = self.containers_of(&rec.id).into_iter().map(|c| {
             let cid = c.get().id;
-            if let Err(e) = self.stop_container(&cid, 0).await {
-                tracing::warn!(container = %cid, error = %e, "stopping container of stopped pod");
+            async move {
+                if let Err(e) = self.stop_container(&cid, 0).await {
+                    tracing::warn!(container = %cid, error = %e, "stopping container of stopped pod");
+                }
             }
-        }
-        if rec.state == SandboxState::NotReady {
+        });
+        let ready = rec.state == SandboxState::Ready;
+        let network = async {
+            // DEL exactly once: a failure is logged and retried by RemovePodSandbox.
+            if ready && let Err(e) = self.release_network(&mut rec).await {
+                tracing::warn!(pod = %rec.id, error = %e, "CNI DEL failed; will retry on remove");
+            }
+        };
+        tokio::join!(futures_util::future::join_all(stops), network);
+        if !ready {
             return Ok(());
-        }
-        let mut rec = rec;
-        // DEL exactly once: a failure is logged and retried by RemovePodSandbox.
-        if let Err(e) = self.release_network(&mut rec).await {
-            tracing::warn!(pod = %rec.id, error = %e, "CNI DEL failed; will retry on remove");
         }
         self.teardown(&mut rec).await;
         rec.state = SandboxState::NotReady;
@@ -530,12 +543,6 @@ pub fn process_alive(pid: i32) -> bool {
     crate::ociruntime::pid_alive(pid)
 }
 
-async fn wait_gone(pid: i32, limit: std::time::Duration) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline && process_alive(pid) {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-}
 
 /// The host's addresses for hostNetwork pods: non-loopback addresses of interfaces that
 /// are up, IPv4 first (as kubelet expects the primary family first).

@@ -1,0 +1,103 @@
+//! The floor under every pod start and teardown: runc alone, driven by hand on a prepared
+//! bundle (busybox `sleep`, `runc spec`'s default namespaces, a cgroup under the run's
+//! subtree), with no CRI, no image handling, no CNI. A runtime's pod start cannot beat one
+//! `runc create` + `runc start`, whatever it does; the gap between the two is what the
+//! runtime adds. Samples are taken inside the sequential workload, so they share its
+//! conditions.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use e2e::image::{Compression, busybox_layer};
+
+/// A prepared bundle and runc state directory.
+pub struct RuncFloor {
+    bundle: PathBuf,
+    root: PathBuf,
+    cgroup_parent: String,
+    next: usize,
+}
+
+/// Runs `runc args` with no stdio; fails with its stderr.
+fn runc(args: &[&str]) -> Result<()> {
+    let out = Command::new("runc")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("running runc")?;
+    if !out.status.success() {
+        bail!(
+            "runc {}: {} {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl RuncFloor {
+    /// Prepares `dir/bundle` (busybox root file system, config.json from `runc spec` with
+    /// `sleep 86400`, no terminal) and `dir/state`; containers go below cgroup
+    /// `cgroup_parent`.
+    pub fn prepare(dir: &Path, cgroup_parent: &str) -> Result<RuncFloor> {
+        let bundle = dir.join("bundle");
+        let rootfs = bundle.join("rootfs");
+        let root = dir.join("state");
+        std::fs::create_dir_all(&rootfs)?;
+        std::fs::create_dir_all(&root)?;
+        let layer = busybox_layer(Compression::None)?;
+        tar::Archive::new(&layer.blob[..])
+            .unpack(&rootfs)
+            .context("unpacking busybox into the floor bundle")?;
+        let bundle_s = bundle.display().to_string();
+        runc(&["spec", "--bundle", &bundle_s])?;
+        let config_path = bundle.join("config.json");
+        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path)?)?;
+        config["process"]["terminal"] = serde_json::json!(false);
+        config["process"]["args"] = serde_json::json!(["sleep", "86400"]);
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+        Ok(RuncFloor {
+            bundle,
+            root,
+            cgroup_parent: cgroup_parent.to_string(),
+            next: 0,
+        })
+    }
+
+    /// Times `runc create` + `runc start` of a new container, then `runc delete --force`
+    /// of it. Returns (start, delete).
+    pub fn sample(&mut self) -> Result<(Duration, Duration)> {
+        let id = format!("floor-{}", self.next);
+        self.next += 1;
+        // Each container gets its own cgroup, as a runtime gives each container one.
+        let config_path = self.bundle.join("config.json");
+        let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path)?)?;
+        config["linux"]["cgroupsPath"] = serde_json::json!(format!("{}/{id}", self.cgroup_parent));
+        std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+        let root = self.root.display().to_string();
+        let bundle = self.bundle.display().to_string();
+        let t0 = Instant::now();
+        runc(&["--root", &root, "create", "--bundle", &bundle, &id])?;
+        runc(&["--root", &root, "start", &id])?;
+        let t1 = Instant::now();
+        runc(&["--root", &root, "delete", "--force", &id])?;
+        let t2 = Instant::now();
+        Ok((t1 - t0, t2 - t1))
+    }
+
+    /// Deletes (forcibly) every container left in the state directory.
+    pub fn cleanup(&self) {
+        let root = self.root.display().to_string();
+        if let Ok(rd) = std::fs::read_dir(&self.root) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = runc(&["--root", &root, "delete", "--force", &id]);
+            }
+        }
+    }
+}

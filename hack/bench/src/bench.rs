@@ -18,8 +18,8 @@ use nix::unistd::Pid;
 
 use crate::berth::{self, BerthOptions};
 use crate::cni::CniNet;
-use crate::floor::RuncFloor;
 use crate::containerd::{self, ContainerdOptions, SHIM_SOCKET_DIR};
+use crate::floor::RuncFloor;
 use crate::images::{self, BUSYBOX_REF, PAUSE_REF};
 use crate::memory::ProcTable;
 use crate::plan::Plan;

@@ -395,7 +395,11 @@ impl PodService {
         }
         // Every process of the container, through its cgroup (what `runc kill --all` does),
         // falling back to the runtime when the cgroup cannot be read.
-        let killed = self.inner.cgroups.kill_all(&rec.cgroup_path).unwrap_or(false);
+        let killed = self
+            .inner
+            .cgroups
+            .kill_all(&rec.cgroup_path)
+            .unwrap_or(false);
         if !killed && let Err(e) = runtime.kill(&rec.id, &log, libc::SIGKILL, true).await {
             tracing::debug!(container = %rec.id, error = %e, "SIGKILL");
             // The runtime may have lost the container (e.g. it exited meanwhile); make sure
@@ -508,10 +512,12 @@ impl PodService {
             metadata: Some(rec.metadata()),
             state: Self::cri_state(&life) as i32,
             created_at: rec.created_at_ns,
-            started_at: if rec.start_error.is_some() {
-                0
-            } else {
-                rec.started_at_ns
+            // A process that exits before the runtime call that started it returns has a
+            // recorded start after its exit; the start cannot be later than the exit.
+            started_at: match (&rec.start_error, &life) {
+                (Some(_), _) => 0,
+                (None, Lifecycle::Exited(x)) => rec.started_at_ns.min(x.finished_at_ns),
+                (None, _) => rec.started_at_ns,
             },
             finished_at,
             exit_code,
@@ -562,34 +568,36 @@ impl PodService {
     /// ListContainers with CRI's filter.
     pub fn list_containers(&self, filter: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
         let mut out: Vec<cri::Container> = self
-            .all_containers()
-            .into_iter()
-            .filter_map(|r| {
-                let state = Self::cri_state(&self.lifecycle(&r)) as i32;
-                let keep = match filter {
-                    None => true,
-                    Some(f) => {
-                        (f.id.is_empty() || r.id.starts_with(&f.id))
-                            && (f.pod_sandbox_id.is_empty()
-                                || r.pod_id.starts_with(&f.pod_sandbox_id))
-                            && f.state.as_ref().is_none_or(|s| s.state == state)
-                            && labels_match(&r.config.labels, &f.label_selector)
-                    }
-                };
-                keep.then(|| cri::Container {
-                    id: r.id.clone(),
-                    pod_sandbox_id: r.pod_id.clone(),
-                    metadata: Some(r.metadata()),
-                    image: Some(cri::ImageSpec {
-                        image: r.image_ref.clone(),
-                        ..Default::default()
-                    }),
-                    image_ref: r.image_digest_ref.clone(),
-                    state,
-                    created_at: r.created_at_ns,
-                    labels: r.config.labels.clone(),
-                    annotations: r.config.annotations.clone(),
-                    image_id: r.image_id.clone(),
+            .container_entries()
+            .iter()
+            .filter_map(|e| {
+                e.with(|r| {
+                    let state = Self::cri_state(&self.lifecycle(r)) as i32;
+                    let keep = match filter {
+                        None => true,
+                        Some(f) => {
+                            (f.id.is_empty() || r.id.starts_with(&f.id))
+                                && (f.pod_sandbox_id.is_empty()
+                                    || r.pod_id.starts_with(&f.pod_sandbox_id))
+                                && f.state.as_ref().is_none_or(|s| s.state == state)
+                                && labels_match(&r.config.labels, &f.label_selector)
+                        }
+                    };
+                    keep.then(|| cri::Container {
+                        id: r.id.clone(),
+                        pod_sandbox_id: r.pod_id.clone(),
+                        metadata: Some(r.metadata()),
+                        image: Some(cri::ImageSpec {
+                            image: r.image_ref.clone(),
+                            ..Default::default()
+                        }),
+                        image_ref: r.image_digest_ref.clone(),
+                        state,
+                        created_at: r.created_at_ns,
+                        labels: r.config.labels.clone(),
+                        annotations: r.config.annotations.clone(),
+                        image_id: r.image_id.clone(),
+                    })
                 })
             })
             .collect();

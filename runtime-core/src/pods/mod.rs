@@ -41,6 +41,11 @@ impl<T: Clone> Entry<T> {
         self.data.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Runs `f` on the data without copying it (the list calls' hot path).
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&self.data.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         f(&mut self.data.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -314,6 +319,16 @@ impl PodService {
             .values()
             .map(|e| e.get())
             .collect()
+    }
+
+    /// Every container entry (shared, not copied).
+    pub(crate) fn container_entries(&self) -> Vec<Arc<Entry<ContainerRecord>>> {
+        lock(&self.inner.containers).values().cloned().collect()
+    }
+
+    /// Every pod entry (shared, not copied).
+    pub(crate) fn sandbox_entries(&self) -> Vec<Arc<Entry<SandboxRecord>>> {
+        lock(&self.inner.sandboxes).values().cloned().collect()
     }
 
     /// A snapshot of every container record.

@@ -483,26 +483,29 @@ impl PodService {
     /// ListPodSandbox with CRI's filter (id or id prefix, state, label selector).
     pub fn list_pod_sandbox(&self, filter: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
         let mut out: Vec<cri::PodSandbox> = self
-            .all_sandboxes()
-            .into_iter()
-            .filter(|r| match filter {
-                None => true,
-                Some(f) => {
-                    (f.id.is_empty() || r.id.starts_with(&f.id))
-                        && f.state
-                            .as_ref()
-                            .is_none_or(|s| s.state == sandbox_state(r) as i32)
-                        && labels_match(&r.config.labels, &f.label_selector)
-                }
-            })
-            .map(|r| cri::PodSandbox {
-                id: r.id.clone(),
-                metadata: Some(r.metadata()),
-                state: sandbox_state(&r) as i32,
-                created_at: r.created_at_ns,
-                labels: r.config.labels.clone(),
-                annotations: r.config.annotations.clone(),
-                runtime_handler: r.runtime_handler.clone(),
+            .sandbox_entries()
+            .iter()
+            .filter_map(|e| {
+                e.with(|r| {
+                    let state = sandbox_state(r) as i32;
+                    let keep = match filter {
+                        None => true,
+                        Some(f) => {
+                            (f.id.is_empty() || r.id.starts_with(&f.id))
+                                && f.state.as_ref().is_none_or(|s| s.state == state)
+                                && labels_match(&r.config.labels, &f.label_selector)
+                        }
+                    };
+                    keep.then(|| cri::PodSandbox {
+                        id: r.id.clone(),
+                        metadata: r.config.metadata.clone(),
+                        state,
+                        created_at: r.created_at_ns,
+                        labels: r.config.labels.clone(),
+                        annotations: r.config.annotations.clone(),
+                        runtime_handler: r.runtime_handler.clone(),
+                    })
+                })
             })
             .collect();
         out.sort_by_key(|p| std::cmp::Reverse(p.created_at));
@@ -542,7 +545,6 @@ fn kill_and_wait(pid: i32) {
 pub fn process_alive(pid: i32) -> bool {
     crate::ociruntime::pid_alive(pid)
 }
-
 
 /// The host's addresses for hostNetwork pods: non-loopback addresses of interfaces that
 /// are up, IPv4 first (as kubelet expects the primary family first).

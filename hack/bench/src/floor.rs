@@ -1,4 +1,4 @@
-//! The floor under every pod start and teardown: runc alone, driven by hand on a prepared
+//! The floor under every pod start and teardown: runc alone, driven by the bench on a prepared
 //! bundle (busybox `sleep`, `runc spec`'s default namespaces, a cgroup under the run's
 //! subtree), with no CRI, no image handling, no CNI. A runtime's pod start cannot beat one
 //! `runc create` + `runc start`, whatever it does; the gap between the two is what the
@@ -16,25 +16,32 @@ use e2e::image::{Compression, busybox_layer};
 pub struct RuncFloor {
     bundle: PathBuf,
     root: PathBuf,
+    log: PathBuf,
     cgroup_parent: String,
     next: usize,
 }
 
-/// Runs `runc args` with no stdio; fails with its stderr.
-fn runc(args: &[&str]) -> Result<()> {
-    let out = Command::new("runc")
+/// Runs `runc args` with stdin `/dev/null` and stdout and stderr appended to `log`
+/// (never a pipe: `runc create` hands its stdio to the container, which would hold a pipe
+/// open forever). Fails with the log's tail.
+fn runc(args: &[&str], log: &Path) -> Result<()> {
+    let out = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let status = Command::new("runc")
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .status()
         .context("running runc")?;
-    if !out.status.success() {
+    if !status.success() {
         bail!(
-            "runc {}: {} {}",
+            "runc {}: {status}: {}",
             args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
+            e2e::util::tail_file(log, 5)
         );
     }
     Ok(())
@@ -54,8 +61,9 @@ impl RuncFloor {
         tar::Archive::new(&layer.blob[..])
             .unpack(&rootfs)
             .context("unpacking busybox into the floor bundle")?;
+        let log = dir.join("runc.log");
         let bundle_s = bundle.display().to_string();
-        runc(&["spec", "--bundle", &bundle_s])?;
+        runc(&["spec", "--bundle", &bundle_s], &log)?;
         let config_path = bundle.join("config.json");
         let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config_path)?)?;
         config["process"]["terminal"] = serde_json::json!(false);
@@ -64,13 +72,15 @@ impl RuncFloor {
         Ok(RuncFloor {
             bundle,
             root,
+            log,
             cgroup_parent: cgroup_parent.to_string(),
             next: 0,
         })
     }
 
-    /// Times `runc create` + `runc start` of a new container, then `runc delete --force`
-    /// of it. Returns (start, delete).
+    /// Times `runc create` + `runc start` of a new container, then its teardown as a
+    /// runtime does it: `runc kill KILL`, wait until the init is dead, `runc delete`.
+    /// Returns (start, teardown).
     pub fn sample(&mut self) -> Result<(Duration, Duration)> {
         let id = format!("floor-{}", self.next);
         self.next += 1;
@@ -81,12 +91,39 @@ impl RuncFloor {
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
         let root = self.root.display().to_string();
         let bundle = self.bundle.display().to_string();
+        let pid_file = self.root.join(format!("{id}.pid"));
+        let pid_file_s = pid_file.display().to_string();
         let t0 = Instant::now();
-        runc(&["--root", &root, "create", "--bundle", &bundle, &id])?;
-        runc(&["--root", &root, "start", &id])?;
+        runc(
+            &[
+                "--root",
+                &root,
+                "create",
+                "--bundle",
+                &bundle,
+                "--pid-file",
+                &pid_file_s,
+                &id,
+            ],
+            &self.log,
+        )?;
+        runc(&["--root", &root, "start", &id], &self.log)?;
         let t1 = Instant::now();
-        runc(&["--root", &root, "delete", "--force", &id])?;
+        let pid: i32 = std::fs::read_to_string(&pid_file)?
+            .trim()
+            .parse()
+            .context("runc's pid file")?;
+        runc(&["--root", &root, "kill", &id, "KILL"], &self.log)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while e2e::pods::pid_alive(pid) {
+            if Instant::now() > deadline {
+                bail!("container {id} (pid {pid}) still alive 10 s after SIGKILL");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        runc(&["--root", &root, "delete", &id], &self.log)?;
         let t2 = Instant::now();
+        let _ = std::fs::remove_file(&pid_file);
         Ok((t1 - t0, t2 - t1))
     }
 
@@ -94,9 +131,9 @@ impl RuncFloor {
     pub fn cleanup(&self) {
         let root = self.root.display().to_string();
         if let Ok(rd) = std::fs::read_dir(&self.root) {
-            for e in rd.flatten() {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
                 let id = e.file_name().to_string_lossy().into_owned();
-                let _ = runc(&["--root", &root, "delete", "--force", &id]);
+                let _ = runc(&["--root", &root, "delete", "--force", &id], &self.log);
             }
         }
     }

@@ -10,6 +10,9 @@ use crate::stats;
 
 /// A latency in milliseconds, with a unit and a sensible precision.
 pub fn fmt_ms(ms: f64) -> String {
+    if ms < 0.0 {
+        return format!("-{}", fmt_ms(-ms));
+    }
     if ms >= 1000.0 {
         format!("{:.2} s", ms / 1000.0)
     } else if ms >= 100.0 {
@@ -517,7 +520,8 @@ const METHOD: &str = "\
   for every process, PSS divides them: PSS is the fair sum.
 - The floor is runc alone, timed by the bench between the sequential pods: `runc create`
   + `runc start` of busybox `sleep` in a prepared bundle (`runc spec`'s namespaces, a
-  cgroup of its own), and `runc delete --force`. No pod start or teardown can be faster;
+  cgroup of its own), and `runc kill KILL`, waiting for the exit, `runc delete`. No pod
+  start or teardown can be faster;
   \"adds\" is a runtime's median minus the floor's: the work that is the runtime's own
   (sandbox set-up, CNI, rootfs mounts, the monitor or shim, bookkeeping, gRPC).
 - Medians and 95th percentiles by nearest rank; ratios are berth / containerd.

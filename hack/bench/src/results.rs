@@ -234,7 +234,7 @@ impl Results {
                 },
                 Floor {
                     key: "runc.delete",
-                    label: "runc delete --force",
+                    label: "runc kill KILL + wait for the exit + runc delete",
                     under: "teardown",
                     samples: Vec::new(),
                 },

@@ -477,12 +477,37 @@ pub fn docs(results: &Results) -> String {
     s.push_str(METHOD);
     let _ = writeln!(s, "\n## Results\n");
     s.push_str(&tables(results));
+    let _ = writeln!(s, "\n## What bounds the remaining time\n");
+    s.push_str(BOUNDS);
     let _ = writeln!(s, "\n## Versions\n");
     s.push_str(&kv_table("component", &results.versions));
     let _ = writeln!(s, "\n## Machine\n");
     s.push_str(&kv_table("machine", &results.machine));
     s
 }
+
+/// Where berth's time goes on the targets it misses, from profiling the request paths
+/// (docs/benchmarks.md). Kept next to the generator so a rerun keeps it with the figures.
+const BOUNDS: &str = "\
+- **Pod start (sequential).** StartContainer is one `runc run --detach` run by the pod
+  monitor, and costs what runc alone costs for `create` + `start` (the floor table): the
+  runtime's own start-up, namespace and cgroup set-up and the exec of the container process.
+  RunPodSandbox is bounded by CNI plugin execution (the bridge plugin, which runs
+  host-local; two Go binaries started per pod, about half of the call) and by starting the
+  pod's monitor process (fork, exec, first answer on its socket). Pinning the namespaces,
+  the pod files, /dev/shm and the cgroup take about a millisecond together. Left to do:
+  start the monitor while CNI ADD runs (they are independent), and keep a warm monitor
+  ready to take the next pod. crun would cut the runc floor by about two thirds but refuses
+  this host's hybrid cgroup layout.
+- **List and status calls.** With 100 pods a ListContainers answer is about 50 KB of
+  protobuf; the per-call cost is gRPC / HTTP/2 framing, protobuf encoding of the labels and
+  annotations kubelet puts on every object (both runtimes pay it), and per container one
+  look-up of the monitor's exit file (one failed open(2)) because container exits are
+  recorded by the monitors, not pushed to berthd. The answers are built from shared records
+  without copying them. Left to do: learn exits by inotify on the exit files (no syscall per
+  container and call) and cache the encoded list between changes, which is what would bring
+  the ratio under 0.5 (containerd answers from an in-memory store as well).
+";
 
 /// How the figures are made (docs/benchmarks.md).
 const METHOD: &str = "\

@@ -89,7 +89,7 @@ pub fn spawn(binary: &Path, pod_dir: &Path) -> Result<MonitorInfo, MonitorError>
                 ),
             });
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

@@ -91,7 +91,20 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         Ok(Response::new(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             info,
-            runtime_handlers: vec![],
+            // As containerd: the default handler under "" and every configured one by
+            // name; berth supports neither recursive read-only mounts nor user namespaces.
+            runtime_handlers: self
+                .pods
+                .handler_names()
+                .into_iter()
+                .map(|name| cri::RuntimeHandler {
+                    name,
+                    features: Some(cri::RuntimeHandlerFeatures {
+                        recursive_read_only_mounts: false,
+                        user_namespaces: false,
+                    }),
+                })
+                .collect(),
             features: Some(cri::RuntimeFeatures {
                 supplemental_groups_policy: false,
             }),

@@ -356,6 +356,15 @@ impl PodService {
             .map(|c| c.id)
     }
 
+    /// The configured runtime handler names, the default one (reported as "") first.
+    pub fn handler_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.inner.opts.handlers.keys().cloned().collect();
+        names.sort();
+        let mut out = vec![String::new()];
+        out.extend(names);
+        out
+    }
+
     /// NetworkReady for CRI Status: `Err((reason, message))` when no CNI network is loaded.
     pub fn network_status(&self) -> std::result::Result<(), (String, String)> {
         self.inner.cni.status()

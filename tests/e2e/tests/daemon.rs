@@ -41,6 +41,11 @@ async fn version_status_and_runtime_config() -> Result<()> {
     assert!(!v.version.is_empty(), "version is set");
 
     let s = cri.status(false).await?;
+    let handlers: Vec<&str> = s.runtime_handlers.iter().map(|h| h.name.as_str()).collect();
+    assert!(
+        handlers.contains(&"") && handlers.contains(&"runc") && handlers.contains(&"crun"),
+        "the default and the configured runtime handlers are reported: {handlers:?}"
+    );
     let conditions = s.status.expect("status").conditions;
     let runtime = conditions
         .iter()

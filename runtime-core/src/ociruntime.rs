@@ -121,12 +121,7 @@ impl OciRuntime {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e)
-                if e.to_string().contains("does not exist")
-                    || e.to_string().contains("not found") =>
-            {
-                Ok(())
-            }
+            Err(e) if unknown_container(&e) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -137,12 +132,7 @@ impl OciRuntime {
             Ok(out) => serde_json::from_slice(&out)
                 .map(Some)
                 .map_err(|e| Error::Internal(format!("{} state {id}: {e}", self.name))),
-            Err(e)
-                if e.to_string().contains("does not exist")
-                    || e.to_string().contains("not found") =>
-            {
-                Ok(None)
-            }
+            Err(e) if unknown_container(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -271,6 +261,13 @@ impl OciRuntime {
             exit_code,
         })
     }
+}
+
+/// True when a runtime error says the container is unknown to the runtime (runc and crun
+/// word it differently).
+fn unknown_container(e: &Error) -> bool {
+    let m = e.to_string();
+    m.contains("does not exist") || m.contains("not found")
 }
 
 /// True while `pid` exists and is not a zombie.

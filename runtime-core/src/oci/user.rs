@@ -170,16 +170,19 @@ fn find_user(passwd: &str, pred: impl Fn(&PasswdEntry) -> bool) -> Option<Passwd
     parse_passwd(passwd).into_iter().find(|e| pred(e))
 }
 
+/// The colon-separated fields of each non-empty, non-comment line.
+fn records(text: &str) -> impl Iterator<Item = std::str::Split<'_, char>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.split(':'))
+}
+
 /// Parses `/etc/passwd` (`name:password:uid:gid:gecos:home:shell`), skipping comments and
 /// malformed lines, as libcontainer's parser does.
 fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                return None;
-            }
-            let mut f = line.split(':');
+    records(text)
+        .filter_map(|mut f| {
             let name = f.next()?.to_string();
             let _password = f.next()?;
             let uid = f.next()?.trim().parse().ok()?;
@@ -192,13 +195,8 @@ fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
 /// Parses `/etc/group` (`name:password:gid:member,member`), skipping comments and malformed
 /// lines.
 fn parse_group(text: &str) -> Vec<GroupEntry> {
-    text.lines()
-        .filter_map(|line| {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                return None;
-            }
-            let mut f = line.split(':');
+    records(text)
+        .filter_map(|mut f| {
             let name = f.next()?.to_string();
             let _password = f.next()?;
             let gid = f.next()?.trim().parse().ok()?;

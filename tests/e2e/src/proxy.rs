@@ -508,6 +508,8 @@ async fn forward(
                 let due = Duration::from_secs_f64(total as f64 / rate as f64);
                 let elapsed = start.elapsed();
                 if due > elapsed {
+                    // Bandwidth throttling (the crash tests need a slow pull), not a wait
+                    // for a condition: each chunk is held until its time at `rate`.
                     tokio::time::sleep(due - elapsed).await;
                 }
             }

@@ -4,28 +4,36 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_cri::v1 as cri;
-use runtime_core::Error;
 use runtime_core::image::{Credentials, ImageRecord, ImageService};
 use runtime_core::pods::PodService;
 use tonic::{Request, Response, Status};
 
 use crate::metrics::Metrics;
 use crate::status::IntoStatus;
+use crate::work::Work;
 
 /// gRPC front of the image service.
 pub struct ImageApi {
     images: ImageService,
     pods: PodService,
     metrics: Arc<Metrics>,
+    work: Work,
 }
 
 impl ImageApi {
-    /// Wraps the image service; `pods` tells which images containers use.
-    pub fn new(images: ImageService, pods: PodService, metrics: Arc<Metrics>) -> ImageApi {
+    /// Wraps the image service; `pods` tells which images containers use; pulls and
+    /// removals run on `work`.
+    pub fn new(
+        images: ImageService,
+        pods: PodService,
+        metrics: Arc<Metrics>,
+        work: Work,
+    ) -> ImageApi {
         ImageApi {
             images,
             pods,
             metrics,
+            work,
         }
     }
 }
@@ -37,6 +45,15 @@ fn spec_image(spec: Option<&cri::ImageSpec>) -> Result<&str, Status> {
         _ => Err(Status::invalid_argument(
             "image spec with a non-empty image is required",
         )),
+    }
+}
+
+/// Returns the allocator's free pages to the kernel (glibc keeps them per arena).
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -112,10 +129,24 @@ impl cri::image_service_server::ImageService for ImageApi {
         };
         let start = Instant::now();
         tracing::info!(image, "pulling image");
-        let outcome = self.images.pull(image, credentials).await.map_err(|e| {
-            tracing::warn!(image, error = %e, "pull failed");
-            crate::status::to_status(e)
-        })?;
+        let outcome = {
+            let images = self.images.clone();
+            let image = image.to_string();
+            self.work
+                .detached(async move {
+                    let outcome = images.pull(&image, credentials).await;
+                    // A pull's buffers (downloads, decompression, unpacking on blocking
+                    // threads) are freed into glibc's per-thread arenas, which keep them:
+                    // without a trim berthd holds tens of MiB after pulling a large image
+                    // for as long as it runs.
+                    let _ = tokio::task::spawn_blocking(release_freed_memory).await;
+                    if let Err(e) = &outcome {
+                        tracing::warn!(image, error = %e, "pull failed");
+                    }
+                    outcome
+                })
+                .await?
+        };
         let seconds = start.elapsed().as_secs_f64();
         self.metrics.record_pull(outcome.bytes_downloaded, seconds);
         tracing::info!(image, id = %outcome.image_id, bytes = outcome.bytes_downloaded, seconds, "pulled image");
@@ -131,10 +162,11 @@ impl cri::image_service_server::ImageService for ImageApi {
         let req = request.into_inner();
         let image = spec_image(req.image.as_ref())?;
         let pods = self.pods.clone();
-        self.images
-            .remove(image, move |id| pods.image_user(id))
-            .await
-            .status()?;
+        let images = self.images.clone();
+        let spec = image.to_string();
+        self.work
+            .detached(async move { images.remove(&spec, move |id| pods.image_user(id)).await })
+            .await?;
         tracing::info!(image, "removed image");
         Ok(Response::new(cri::RemoveImageResponse {}))
     }
@@ -144,9 +176,7 @@ impl cri::image_service_server::ImageService for ImageApi {
         _request: Request<cri::ImageFsInfoRequest>,
     ) -> Result<Response<cri::ImageFsInfoResponse>, Status> {
         let images = self.images.clone();
-        let usage = tokio::task::spawn_blocking(move || images.usage())
-            .await
-            .map_err(|e| crate::status::to_status(Error::Internal(e.to_string())))?;
+        let usage = self.work.blocking(move || Ok(images.usage())).await?;
         let fs = cri::FilesystemUsage {
             timestamp: runtime_core::image::pull::now_ns(),
             fs_id: Some(cri::FilesystemIdentifier {

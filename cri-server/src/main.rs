@@ -2,11 +2,14 @@
 //! unix socket.
 
 mod authority;
+mod busypoll;
+mod fastlists;
 mod image;
 mod metrics;
 mod runtime;
 mod socket;
 mod status;
+mod work;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -189,35 +192,66 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     let socket_path = config.socket_path();
-    let listener = socket::bind(&socket_path)?;
+    let listener = socket::bind(&socket_path)?
+        .into_std()
+        .context("take the CRI socket listener")?;
     let config_json = serde_json::to_string(&config).unwrap_or_default();
-    let runtime_api = runtime::RuntimeApi::new(config_json, pods.clone());
-    let image_api = image::ImageApi::new(images, pods, Arc::clone(&metrics));
-
-    let server = tonic::transport::Server::builder()
-        .layer(metrics::MetricsLayer::new(Arc::clone(&metrics)))
-        .add_service(
-            cri::runtime_service_server::RuntimeServiceServer::new(runtime_api)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .add_service(
-            cri::image_service_server::ImageServiceServer::new(image_api)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener).map(|conn| conn.map(authority::AuthorityFix::new)),
-            wait_stop(),
-        );
+    let work = work::Work::new(tokio::runtime::Handle::current());
+    let runtime_api = runtime::RuntimeApi::new(config_json, pods.clone(), work.clone());
+    let runtime_server =
+        fastlists::RuntimeServer::new(runtime_api, pods.clone(), MAX_MESSAGE_BYTES);
+    let image_api = image::ImageApi::new(images, pods, Arc::clone(&metrics), work);
+    let busy_poll = Duration::from_micros(config.grpc_busy_poll_us);
+    let served_metrics = Arc::clone(&metrics);
+    let shutdown = wait_stop();
+    let serve = async move {
+        listener
+            .set_nonblocking(true)
+            .context("make the CRI socket non-blocking")?;
+        let listener =
+            tokio::net::UnixListener::from_std(listener).context("register the CRI socket")?;
+        tonic::transport::Server::builder()
+            .layer(busypoll::BusyPollLayer::new(busy_poll))
+            .layer(metrics::MetricsLayer::new(served_metrics))
+            .add_service(runtime_server)
+            .add_service(
+                cri::image_service_server::ImageServiceServer::new(image_api)
+                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            )
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener)
+                    .map(|conn| conn.map(authority::AuthorityFix::new)),
+                shutdown,
+            )
+            .await
+            .context("gRPC server failed")
+    };
+    // The gRPC server gets a current-thread runtime on a thread of its own: lookups are
+    // answered there without a hand-off between threads, and its busy polling keeps that
+    // one thread awake between the calls of a burst (see busypoll.rs).
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
+    std::thread::Builder::new()
+        .name("berthd-grpc".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("start the gRPC runtime")
+                .and_then(|rt| rt.block_on(serve));
+            let _ = done_tx.send(result);
+        })
+        .context("start the gRPC thread")?;
+    let server_exit = |r: Result<anyhow::Result<()>, _>| {
+        r.unwrap_or_else(|_| Err(anyhow::anyhow!("the gRPC thread ended without a result")))
+    };
 
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     tracing::info!(socket = %socket_path.display(), root = %config.root.display(), state = %config.state.display(), "berthd serving CRI");
 
-    tokio::pin!(server);
     let finished = tokio::select! {
-        r = &mut server => Some(r.context("gRPC server failed")),
+        r = &mut done_rx => Some(server_exit(r)),
         _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
         _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
     };
@@ -225,8 +259,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let result = match finished {
         Some(r) => r,
         // Let in-flight RPCs finish; past the grace period they are cancelled.
-        None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
-            Ok(r) => r.context("gRPC server failed"),
+        None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut done_rx).await {
+            Ok(r) => server_exit(r),
             Err(_) => {
                 tracing::warn!("in-flight requests cancelled after {SHUTDOWN_GRACE:?}");
                 Ok(())

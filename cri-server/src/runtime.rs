@@ -9,6 +9,7 @@ use runtime_core::pods::PodService;
 use tonic::{Request, Response, Status};
 
 use crate::status::IntoStatus;
+use crate::work::Work;
 
 /// Name reported by Version.
 pub const RUNTIME_NAME: &str = "berth";
@@ -19,25 +20,28 @@ pub const RUNTIME_API_VERSION: &str = "v1";
 pub struct RuntimeApi {
     config_json: String,
     pods: PodService,
+    work: Work,
 }
 
 impl RuntimeApi {
-    /// `config_json` is the effective configuration, shown by a verbose Status.
-    pub fn new(config_json: String, pods: PodService) -> RuntimeApi {
-        RuntimeApi { config_json, pods }
+    /// `config_json` is the effective configuration, shown by a verbose Status; `work` runs
+    /// the operations that take more than a lookup.
+    pub fn new(config_json: String, pods: PodService, work: Work) -> RuntimeApi {
+        RuntimeApi {
+            config_json,
+            pods,
+            work,
+        }
     }
-}
 
-/// Runs a lifecycle operation on its own task, so that a client giving up (its deadline,
-/// a cancelled crictl) never drops the operation halfway and leaves mounts, namespaces or
-/// processes behind: the operation completes and the next call sees its result.
-async fn detached<T: Send + 'static>(
-    f: impl std::future::Future<Output = runtime_core::Result<T>> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::spawn(f)
-        .await
-        .map_err(|e| Status::internal(format!("operation task failed: {e}")))?
-        .status()
+    /// Runs blocking `f` on the work runtime's blocking threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&PodService) -> runtime_core::Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        let pods = self.pods.clone();
+        self.work.blocking(move || f(&pods)).await
+    }
 }
 
 fn unimplemented(rpc: &str) -> Status {
@@ -130,11 +134,11 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         let config = req
             .config
             .ok_or_else(|| Status::invalid_argument("pod sandbox config is required"))?;
-        let id = {
-            let pods = self.pods.clone();
-            detached(async move { pods.run_pod_sandbox(config, &req.runtime_handler).await })
-                .await?
-        };
+        let pods = self.pods.clone();
+        let id = self
+            .work
+            .detached(async move { pods.run_pod_sandbox(config, &req.runtime_handler).await })
+            .await?;
         Ok(Response::new(cri::RunPodSandboxResponse {
             pod_sandbox_id: id,
         }))
@@ -145,10 +149,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
         let req = request.into_inner();
-        {
-            let pods = self.pods.clone();
-            detached(async move { pods.stop_pod_sandbox(&req.pod_sandbox_id).await }).await?
-        };
+        let pods = self.pods.clone();
+        self.work
+            .detached(async move { pods.stop_pod_sandbox(&req.pod_sandbox_id).await })
+            .await?;
         Ok(Response::new(cri::StopPodSandboxResponse {}))
     }
 
@@ -157,10 +161,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
         let req = request.into_inner();
-        {
-            let pods = self.pods.clone();
-            detached(async move { pods.remove_pod_sandbox(&req.pod_sandbox_id).await }).await?
-        };
+        let pods = self.pods.clone();
+        self.work
+            .detached(async move { pods.remove_pod_sandbox(&req.pod_sandbox_id).await })
+            .await?;
         Ok(Response::new(cri::RemovePodSandboxResponse {}))
     }
 
@@ -199,14 +203,14 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         let config = req
             .config
             .ok_or_else(|| Status::invalid_argument("container config is required"))?;
-        let id = {
-            let pods = self.pods.clone();
-            detached(async move {
+        let pods = self.pods.clone();
+        let id = self
+            .work
+            .detached(async move {
                 pods.create_container(&req.pod_sandbox_id, config, req.sandbox_config)
                     .await
             })
-            .await?
-        };
+            .await?;
         Ok(Response::new(cri::CreateContainerResponse {
             container_id: id,
         }))
@@ -217,10 +221,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
         let req = request.into_inner();
-        {
-            let pods = self.pods.clone();
-            detached(async move { pods.start_container(&req.container_id).await }).await?
-        };
+        let pods = self.pods.clone();
+        self.work
+            .detached(async move { pods.start_container(&req.container_id).await })
+            .await?;
         Ok(Response::new(cri::StartContainerResponse {}))
     }
 
@@ -229,11 +233,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
         let req = request.into_inner();
-        {
-            let pods = self.pods.clone();
-            detached(async move { pods.stop_container(&req.container_id, req.timeout).await })
-                .await?
-        };
+        let pods = self.pods.clone();
+        self.work
+            .detached(async move { pods.stop_container(&req.container_id, req.timeout).await })
+            .await?;
         Ok(Response::new(cri::StopContainerResponse {}))
     }
 
@@ -242,10 +245,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
         let req = request.into_inner();
-        {
-            let pods = self.pods.clone();
-            detached(async move { pods.remove_container(&req.container_id).await }).await?
-        };
+        let pods = self.pods.clone();
+        self.work
+            .detached(async move { pods.remove_container(&req.container_id).await })
+            .await?;
         Ok(Response::new(cri::RemoveContainerResponse {}))
     }
 
@@ -279,10 +282,13 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
         let req = request.into_inner();
-        self.pods
-            .update_container_resources(&req.container_id, req.linux)
-            .await
-            .status()?;
+        let pods = self.pods.clone();
+        self.work
+            .detached(async move {
+                pods.update_container_resources(&req.container_id, req.linux)
+                    .await
+            })
+            .await?;
         Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
@@ -291,10 +297,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::ReopenContainerLogRequest>,
     ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
         let req = request.into_inner();
-        self.pods
-            .reopen_container_log(&req.container_id)
-            .await
-            .status()?;
+        let pods = self.pods.clone();
+        self.work
+            .detached(async move { pods.reopen_container_log(&req.container_id).await })
+            .await?;
         Ok(Response::new(cri::ReopenContainerLogResponse {}))
     }
 
@@ -303,11 +309,14 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::ExecSyncRequest>,
     ) -> Result<Response<cri::ExecSyncResponse>, Status> {
         let req = request.into_inner();
+        let pods = self.pods.clone();
         let out = self
-            .pods
-            .exec_sync(&req.container_id, &req.cmd, req.timeout)
-            .await
-            .status()?;
+            .work
+            .detached(async move {
+                pods.exec_sync(&req.container_id, &req.cmd, req.timeout)
+                    .await
+            })
+            .await?;
         Ok(Response::new(cri::ExecSyncResponse {
             stdout: out.stdout,
             stderr: out.stderr,
@@ -341,7 +350,9 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::ContainerStatsRequest>,
     ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
         let req = request.into_inner();
-        let stats = self.pods.container_stats(&req.container_id).status()?;
+        let stats = self
+            .blocking(move |pods| pods.container_stats(&req.container_id))
+            .await?;
         Ok(Response::new(cri::ContainerStatsResponse {
             stats: Some(stats),
         }))
@@ -352,9 +363,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::ListContainerStatsRequest>,
     ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
         let req = request.into_inner();
-        Ok(Response::new(cri::ListContainerStatsResponse {
-            stats: self.pods.list_container_stats(req.filter.as_ref()),
-        }))
+        let stats = self
+            .blocking(move |pods| Ok(pods.list_container_stats(req.filter.as_ref())))
+            .await?;
+        Ok(Response::new(cri::ListContainerStatsResponse { stats }))
     }
 
     async fn pod_sandbox_stats(
@@ -362,7 +374,9 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::PodSandboxStatsRequest>,
     ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
         let req = request.into_inner();
-        let stats = self.pods.pod_sandbox_stats(&req.pod_sandbox_id).status()?;
+        let stats = self
+            .blocking(move |pods| pods.pod_sandbox_stats(&req.pod_sandbox_id))
+            .await?;
         Ok(Response::new(cri::PodSandboxStatsResponse {
             stats: Some(stats),
         }))
@@ -373,9 +387,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
         let req = request.into_inner();
-        Ok(Response::new(cri::ListPodSandboxStatsResponse {
-            stats: self.pods.list_pod_sandbox_stats(req.filter.as_ref()),
-        }))
+        let stats = self
+            .blocking(move |pods| Ok(pods.list_pod_sandbox_stats(req.filter.as_ref())))
+            .await?;
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
     async fn update_runtime_config(

@@ -14,7 +14,7 @@ use k8s_cri::v1 as cri;
 use nix::mount::MsFlags;
 
 use super::records::{self, ContainerRecord, SandboxState};
-use super::{Entry, PodService, labels_match, lock, new_id, now_ns, release_name};
+use super::{Entry, PodService, lock, new_id, now_ns, release_name};
 use crate::monitor::{self, ExitInfo};
 use crate::ociruntime::ExecOutput;
 use crate::{Error, Result};
@@ -39,9 +39,9 @@ pub enum Lifecycle {
 }
 
 impl PodService {
-    /// The container's state; an exit once seen is remembered, so list and status calls
-    /// read no file for exited containers.
-    fn lifecycle(&self, rec: &ContainerRecord) -> Lifecycle {
+    /// The container's state, from its exit file unless the exit is already known; an exit
+    /// once seen is remembered, so no file is read again for exited containers.
+    pub(crate) fn lifecycle(&self, rec: &ContainerRecord) -> Lifecycle {
         if let Some(x) = lock(&self.inner.exits).get(&rec.id) {
             return Lifecycle::Exited(*x);
         }
@@ -50,8 +50,24 @@ impl PodService {
             && rec.start_error.is_none()
         {
             lock(&self.inner.exits).insert(rec.id.clone(), *x);
+            self.inner.exit_watch.forget(&rec.id);
         }
         l
+    }
+
+    /// The container's state for list and status calls: a running container whose
+    /// directory has seen no exit file (see `exitwatch`) is running without a look at
+    /// the file. Not for decisions that signal its process: the exit file may be a moment
+    /// ahead of the watcher.
+    pub(crate) fn lifecycle_for_listing(&self, rec: &ContainerRecord) -> Lifecycle {
+        if rec.start_error.is_none()
+            && rec.started_at_ns > 0
+            && !lock(&self.inner.exits).contains_key(&rec.id)
+            && self.inner.exit_watch.is_quiet(&rec.id)
+        {
+            return Lifecycle::Running;
+        }
+        self.lifecycle(rec)
     }
 
     fn lifecycle_uncached(rec: &ContainerRecord) -> Lifecycle {
@@ -312,6 +328,8 @@ impl PodService {
             }
             None => PathBuf::from("/dev/null"),
         };
+        // Before the process exists, so that its exit cannot be missed.
+        self.inner.exit_watch.watch(&rec.id, &rec.dir);
         let client = monitor::MonitorClient::new(pod.monitor_socket.clone());
         let req = monitor::CreateRequest {
             container_id: rec.id.clone(),
@@ -465,13 +483,14 @@ impl PodService {
             .map_err(|e| Error::Internal(format!("remove container task: {e}")))?;
         crate::fsutil::remove_all(&self.container_record_path(&rec.id))?;
         lock(&self.inner.exits).remove(&rec.id);
+        self.inner.exit_watch.forget(&rec.id);
         lock(&self.inner.containers).remove(&rec.id);
         release_name(&self.inner, &name_key(&rec.pod_id, &rec.metadata()));
         tracing::info!(container = %rec.id, "container removed");
         Ok(())
     }
 
-    fn cri_state(l: &Lifecycle) -> cri::ContainerState {
+    pub(crate) fn cri_state(l: &Lifecycle) -> cri::ContainerState {
         match l {
             Lifecycle::Created => cri::ContainerState::ContainerCreated,
             Lifecycle::Running => cri::ContainerState::ContainerRunning,
@@ -486,7 +505,7 @@ impl PodService {
         verbose: bool,
     ) -> Result<(cri::ContainerStatus, HashMap<String, String>)> {
         let rec = self.container(id)?.get();
-        let life = self.lifecycle(&rec);
+        let life = self.lifecycle_for_listing(&rec);
         let (finished_at, exit_code, reason, message) = match &life {
             Lifecycle::Exited(x) => {
                 let reason = if rec.start_error.is_some() {
@@ -563,46 +582,6 @@ impl PodService {
             info.insert("info".to_string(), v.to_string());
         }
         Ok((status, info))
-    }
-
-    /// ListContainers with CRI's filter.
-    pub fn list_containers(&self, filter: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
-        let mut out: Vec<cri::Container> = self
-            .container_entries()
-            .iter()
-            .filter_map(|e| {
-                e.with(|r| {
-                    let state = Self::cri_state(&self.lifecycle(r)) as i32;
-                    let keep = match filter {
-                        None => true,
-                        Some(f) => {
-                            (f.id.is_empty() || r.id.starts_with(&f.id))
-                                && (f.pod_sandbox_id.is_empty()
-                                    || r.pod_id.starts_with(&f.pod_sandbox_id))
-                                && f.state.as_ref().is_none_or(|s| s.state == state)
-                                && labels_match(&r.config.labels, &f.label_selector)
-                        }
-                    };
-                    keep.then(|| cri::Container {
-                        id: r.id.clone(),
-                        pod_sandbox_id: r.pod_id.clone(),
-                        metadata: Some(r.metadata()),
-                        image: Some(cri::ImageSpec {
-                            image: r.image_ref.clone(),
-                            ..Default::default()
-                        }),
-                        image_ref: r.image_digest_ref.clone(),
-                        state,
-                        created_at: r.created_at_ns,
-                        labels: r.config.labels.clone(),
-                        annotations: r.config.annotations.clone(),
-                        image_id: r.image_id.clone(),
-                    })
-                })
-            })
-            .collect();
-        out.sort_by_key(|c| std::cmp::Reverse(c.created_at));
-        out
     }
 
     /// ExecSync: runs `cmd` in a running container; `timeout_secs` 0 means no limit.

@@ -6,6 +6,8 @@
 //! list and status calls never wait behind a StopContainer's grace period.
 
 pub mod container;
+mod exitwatch;
+mod lists;
 pub mod records;
 pub mod sandbox;
 pub mod stats;
@@ -25,29 +27,55 @@ use records::{ContainerRecord, SandboxRecord};
 /// A pod or container: an operation lock and the data.
 pub struct Entry<T> {
     op: tokio::sync::Mutex<()>,
-    data: Mutex<T>,
+    data: Mutex<Slot<T>>,
+}
+
+/// An entry's data and its cached list-call encoding.
+struct Slot<T> {
+    value: T,
+    /// The protobuf encoding list calls send for this entry, built on first use and
+    /// dropped by every update.
+    encoded: Option<Vec<u8>>,
 }
 
 impl<T: Clone> Entry<T> {
     fn new(v: T) -> Arc<Entry<T>> {
         Arc::new(Entry {
             op: tokio::sync::Mutex::new(()),
-            data: Mutex::new(v),
+            data: Mutex::new(Slot {
+                value: v,
+                encoded: None,
+            }),
         })
     }
 
     /// A copy of the data.
     pub fn get(&self) -> T {
-        self.data.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.data).value.clone()
     }
 
     /// Runs `f` on the data without copying it (the list calls' hot path).
     pub(crate) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        f(&self.data.lock().unwrap_or_else(|p| p.into_inner()))
+        f(&lock(&self.data).value)
+    }
+
+    /// Runs `f` on the data and its list-call encoding, which `encode` builds when the
+    /// data changed since the last call.
+    pub(crate) fn with_encoded<R>(
+        &self,
+        encode: impl FnOnce(&T) -> Vec<u8>,
+        f: impl FnOnce(&T, &[u8]) -> R,
+    ) -> R {
+        let mut slot = lock(&self.data);
+        let slot = &mut *slot;
+        let bytes = slot.encoded.get_or_insert_with(|| encode(&slot.value));
+        f(&slot.value, bytes)
     }
 
     fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        f(&mut self.data.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut slot = lock(&self.data);
+        slot.encoded = None;
+        f(&mut slot.value)
     }
 }
 
@@ -144,6 +172,8 @@ pub(crate) struct Inner {
     pub(crate) stats: stats::StatsCache,
     /// Exit statuses already read from the monitors' exit files.
     pub(crate) exits: Mutex<HashMap<String, crate::monitor::ExitInfo>>,
+    /// Which running containers have certainly not exited yet.
+    pub(crate) exit_watch: exitwatch::ExitWatch,
 }
 
 /// Runs pods and containers.
@@ -187,6 +217,7 @@ impl PodService {
             pod_cidr: Mutex::new(None),
             stats: stats::StatsCache::default(),
             exits: Mutex::new(HashMap::new()),
+            exit_watch: exitwatch::ExitWatch::start(),
             opts,
             images,
             cgroups,
@@ -231,7 +262,22 @@ impl PodService {
         );
         let known_pods: HashSet<String> = sb_map.keys().cloned().collect();
         let known_ctrs: HashSet<String> = c_map.keys().cloned().collect();
+        let running: Vec<Arc<Entry<ContainerRecord>>> = c_map
+            .values()
+            .filter(|e| e.with(|c| c.started_at_ns > 0 && c.start_error.is_none()))
+            .cloned()
+            .collect();
         drop((names, sb_map, c_map));
+        for e in running {
+            // Watch first, then look: an exit before the watch began is in the file.
+            e.with(|c| {
+                if self.inner.exit_watch.watch(&c.id, &c.dir)
+                    && !matches!(self.lifecycle(c), container::Lifecycle::Running)
+                {
+                    self.inner.exit_watch.forget(&c.id);
+                }
+            });
+        }
         self.remove_orphans(&known_pods, &known_ctrs);
     }
 

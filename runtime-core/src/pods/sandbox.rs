@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use k8s_cri::v1 as cri;
 
 use super::records::{self, SandboxRecord, SandboxState};
-use super::{Entry, PodService, labels_match, lock, new_id, now_ns, release_name};
+use super::{Entry, PodService, lock, new_id, now_ns, release_name};
 use crate::monitor;
 use crate::sandbox::{files, ns};
 use crate::{Error, Result};
@@ -479,41 +479,9 @@ impl PodService {
         }
         Ok((status, info))
     }
-
-    /// ListPodSandbox with CRI's filter (id or id prefix, state, label selector).
-    pub fn list_pod_sandbox(&self, filter: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
-        let mut out: Vec<cri::PodSandbox> = self
-            .sandbox_entries()
-            .iter()
-            .filter_map(|e| {
-                e.with(|r| {
-                    let state = sandbox_state(r) as i32;
-                    let keep = match filter {
-                        None => true,
-                        Some(f) => {
-                            (f.id.is_empty() || r.id.starts_with(&f.id))
-                                && f.state.as_ref().is_none_or(|s| s.state == state)
-                                && labels_match(&r.config.labels, &f.label_selector)
-                        }
-                    };
-                    keep.then(|| cri::PodSandbox {
-                        id: r.id.clone(),
-                        metadata: r.config.metadata.clone(),
-                        state,
-                        created_at: r.created_at_ns,
-                        labels: r.config.labels.clone(),
-                        annotations: r.config.annotations.clone(),
-                        runtime_handler: r.runtime_handler.clone(),
-                    })
-                })
-            })
-            .collect();
-        out.sort_by_key(|p| std::cmp::Reverse(p.created_at));
-        out
-    }
 }
 
-fn sandbox_state(r: &SandboxRecord) -> cri::PodSandboxState {
+pub(crate) fn sandbox_state(r: &SandboxRecord) -> cri::PodSandboxState {
     match r.state {
         // A crash during CNI ADD leaves a ready record whose RunPodSandbox never answered
         // and that has no IP: report it not ready (as containerd does) so kubelet replaces

@@ -784,6 +784,55 @@ async fn list_containers_filters() -> Result<()> {
     assert_eq!(it.labels, a.labels);
     assert_eq!(it.annotations, a.annotations);
 
+    // Every list item (answered from cached encodings) agrees with ContainerStatus (built
+    // field by field), newest first.
+    let items = env.list_containers(None).await?;
+    assert!(
+        items.windows(2).all(|w| w[0].created_at >= w[1].created_at),
+        "newest first"
+    );
+    for it in &items {
+        let st = env.container_status(&it.id).await?;
+        assert_eq!(it.metadata, st.metadata, "{}", it.id);
+        assert_eq!(it.state, st.state, "{}", it.id);
+        assert_eq!(it.created_at, st.created_at, "{}", it.id);
+        assert_eq!(it.image_ref, st.image_ref, "{}", it.id);
+        assert_eq!(it.image_id, st.image_id, "{}", it.id);
+        assert_eq!(it.labels, st.labels, "{}", it.id);
+        assert_eq!(it.annotations, st.annotations, "{}", it.id);
+    }
+
+    // A running container that exits by itself shows up exited in the list, with no other
+    // call asking about it (the exit is learned from the monitor's exit file).
+    let e = env.sh_container("e", "sleep 0.3; exit 7");
+    let e_id = env.run_container(&p2, &e, &pod2).await?;
+    let deadline = Instant::now() + EXIT_WAIT;
+    loop {
+        let items = env.list_containers(Some(by_id(&e_id))).await?;
+        assert_eq!(items.len(), 1, "{items:?}");
+        if items[0].state == ContainerState::ContainerExited as i32 {
+            break;
+        }
+        assert_eq!(items[0].state, ContainerState::ContainerRunning as i32);
+        assert!(
+            Instant::now() < deadline,
+            "the exit never showed in ListContainers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(env.container_status(&e_id).await?.exit_code, 7);
+
+    // A pod's list item follows its state (its cached encoding is replaced on stop).
+    let ready = |pods: &[api::PodSandbox], id: &str| {
+        pods.iter()
+            .find(|p| p.id == id)
+            .map(|p| p.state == api::PodSandboxState::SandboxReady as i32)
+    };
+    assert_eq!(ready(&env.list_pods(None).await?, &p2), Some(true));
+    env.stop_pod(&p2).await?;
+    assert_eq!(ready(&env.list_pods(None).await?, &p2), Some(false));
+    assert_eq!(ready(&env.list_pods(None).await?, &p1), Some(true));
+
     for p in [&p1, &p2] {
         env.stop_pod(p).await?;
         env.remove_pod(p).await?;

@@ -1,0 +1,154 @@
+//! ListPodSandbox and ListContainers answered from the pod service's cached encodings.
+//!
+//! The generated RuntimeService server decodes, calls the handler and encodes a message
+//! built field by field; for kubelet's once-a-second relist of every pod and container
+//! that means cloning and encoding every ID, label and annotation each time. This wrapper
+//! routes those two methods to the same gRPC unary machinery (decoding, size limits,
+//! status codes, framing) with a response type that carries already-encoded bytes, and
+//! passes every other call to the generated server unchanged.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use runtime_core::pods::PodService;
+use tonic::server::{NamedService, UnaryService};
+use tonic_prost::ProstCodec;
+
+use crate::runtime::RuntimeApi;
+
+const LIST_POD_SANDBOX: &str = "/runtime.v1.RuntimeService/ListPodSandbox";
+const LIST_CONTAINERS: &str = "/runtime.v1.RuntimeService/ListContainers";
+
+/// A protobuf message that is already encoded: sent as is.
+#[derive(Clone, Default, PartialEq)]
+pub struct Encoded(pub Vec<u8>);
+
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Encoded({} bytes)", self.0.len())
+    }
+}
+
+impl prost::Message for Encoded {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        buf.put_slice(&self.0);
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        // Only ever encoded; decoding one skips its fields.
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// The RuntimeService with the two list calls answered from cached encodings.
+#[derive(Clone)]
+pub struct RuntimeServer {
+    generated: RuntimeServiceServer<RuntimeApi>,
+    pods: PodService,
+    max_message_bytes: usize,
+}
+
+impl RuntimeServer {
+    /// Serves `api` through its generated server, except the list calls, answered from
+    /// `pods`; messages are limited to `max_message_bytes` both ways.
+    pub fn new(api: RuntimeApi, pods: PodService, max_message_bytes: usize) -> RuntimeServer {
+        RuntimeServer {
+            generated: RuntimeServiceServer::new(api)
+                .max_decoding_message_size(max_message_bytes)
+                .max_encoding_message_size(max_message_bytes),
+            pods,
+            max_message_bytes,
+        }
+    }
+
+    fn grpc<Req>(&self) -> tonic::server::Grpc<ProstCodec<Encoded, Req>>
+    where
+        Req: prost::Message + Default + Send + 'static,
+    {
+        tonic::server::Grpc::new(ProstCodec::default()).apply_max_message_size_config(
+            Some(self.max_message_bytes),
+            Some(self.max_message_bytes),
+        )
+    }
+}
+
+impl NamedService for RuntimeServer {
+    const NAME: &'static str = "runtime.v1.RuntimeService";
+}
+
+/// ListPodSandbox from the cached encodings.
+struct ListPodSandbox(PodService);
+
+impl UnaryService<cri::ListPodSandboxRequest> for ListPodSandbox {
+    type Response = Encoded;
+    type Future = std::future::Ready<Result<tonic::Response<Encoded>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<cri::ListPodSandboxRequest>) -> Self::Future {
+        let req = request.into_inner();
+        std::future::ready(Ok(tonic::Response::new(Encoded(
+            self.0.list_pod_sandbox_encoded(req.filter.as_ref()),
+        ))))
+    }
+}
+
+/// ListContainers from the cached encodings.
+struct ListContainers(PodService);
+
+impl UnaryService<cri::ListContainersRequest> for ListContainers {
+    type Response = Encoded;
+    type Future = std::future::Ready<Result<tonic::Response<Encoded>, tonic::Status>>;
+
+    fn call(&mut self, request: tonic::Request<cri::ListContainersRequest>) -> Self::Future {
+        let req = request.into_inner();
+        std::future::ready(Ok(tonic::Response::new(Encoded(
+            self.0.list_containers_encoded(req.filter.as_ref()),
+        ))))
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for RuntimeServer
+where
+    B: tonic::codegen::Body + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        match req.uri().path() {
+            LIST_POD_SANDBOX => {
+                let mut grpc = self.grpc::<cri::ListPodSandboxRequest>();
+                let svc = ListPodSandbox(self.pods.clone());
+                Box::pin(async move { Ok(grpc.unary(svc, req).await) })
+            }
+            LIST_CONTAINERS => {
+                let mut grpc = self.grpc::<cri::ListContainersRequest>();
+                let svc = ListContainers(self.pods.clone());
+                Box::pin(async move { Ok(grpc.unary(svc, req).await) })
+            }
+            _ => tower::Service::call(&mut self.generated, req),
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! Where RPCs do their work. The gRPC server runs on a current-thread runtime of its own
+//! (see `busypoll`), which answers lookups (lists, status calls) itself; anything that
+//! takes longer (lifecycle operations, pulls, exec, stats read from cgroup files) runs on
+//! the multi-thread work runtime, so that it neither blocks nor delays the gRPC thread.
+
+use std::future::Future;
+
+use tonic::Status;
+
+use crate::status::IntoStatus;
+
+/// A handle on the work runtime.
+#[derive(Clone)]
+pub struct Work {
+    handle: tokio::runtime::Handle,
+}
+
+impl Work {
+    /// Work runs on the runtime of `handle`.
+    pub fn new(handle: tokio::runtime::Handle) -> Work {
+        Work { handle }
+    }
+
+    /// Runs an operation on its own task of the work runtime. Detached, so that a client
+    /// giving up (its deadline, a cancelled crictl) never drops the operation halfway and
+    /// leaves mounts, namespaces or processes behind: the operation completes and the next
+    /// call sees its result.
+    pub async fn detached<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = runtime_core::Result<T>> + Send + 'static,
+    ) -> Result<T, Status> {
+        self.handle
+            .spawn(f)
+            .await
+            .map_err(|e| Status::internal(format!("operation task failed: {e}")))?
+            .status()
+    }
+
+    /// Runs blocking `f` on the work runtime's blocking threads.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> runtime_core::Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        self.handle
+            .spawn_blocking(f)
+            .await
+            .map_err(|e| Status::internal(format!("operation task failed: {e}")))?
+            .status()
+    }
+}

@@ -1,7 +1,7 @@
 //! Pod sandbox lifecycle: RunPodSandbox, StopPodSandbox, RemovePodSandbox, status and list.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use k8s_cri::v1 as cri;
 
@@ -22,9 +22,10 @@ fn is_node(mode: i32) -> bool {
 }
 
 impl PodService {
-    /// RunPodSandbox: pins namespaces, prepares the pod files, /dev/shm and cgroup, starts
-    /// the infra process for a shared PID namespace and the pod monitor. On failure
-    /// everything done so far is undone.
+    /// RunPodSandbox: pins namespaces while it creates the pod cgroup and saves the
+    /// record, then runs the CNI ADD while it prepares the pod files and /dev/shm and
+    /// starts the pod monitor (and the infra process for a shared PID namespace). On
+    /// failure everything done so far is undone, once every concurrent step has finished.
     pub async fn run_pod_sandbox(
         &self,
         config: cri::PodSandboxConfig,
@@ -53,6 +54,9 @@ impl PodService {
                 config.log_directory
             )));
         }
+        // Checked before anything is set up: otherwise a malformed request would only fail
+        // while the pod's network is being attached, and cost an ADD and a DEL.
+        files::resolv_content(config.dns_config.as_ref())?;
         let runtime = self.runtime(runtime_handler)?;
         let guard = self.reserve(
             name_key(&meta),
@@ -92,77 +96,190 @@ impl PodService {
             network_attached: false,
             ips: vec![],
         };
-        let dir2 = dir.clone();
+        let hostname = pod_hostname(&rec);
+        let nso = rec.ns_options();
+        let host_net = is_node(nso.network);
+        let request = ns::NamespaceRequest {
+            network: !host_net,
+            ipc: !is_node(nso.ipc),
+            // The UTS namespace goes with the network one: a hostNetwork pod sees the
+            // node's hostname, as with containerd.
+            uts: !host_net,
+        };
+        let planned = planned_namespaces(&dir, request);
+        rec.namespaces = planned.clone();
+        rec.network_attached = request.network;
+        if request.ipc {
+            rec.shm = Some(dir.join("shm"));
+        }
+        rec.cgroup_parent = rec
+            .config
+            .linux
+            .as_ref()
+            .map(|l| l.cgroup_parent.clone())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| {
+                format!(
+                    "{}/{}",
+                    self.inner.opts.default_cgroup_parent.trim_end_matches('/'),
+                    id
+                )
+            });
+        let path = self.sandbox_record_path(&id);
+        // ADD needs the pinned network namespace and a record on disk that names it (so
+        // that after a crash from here on a DEL still runs when kubelet stops the pod):
+        // both are made at once. The record names the namespace files and /dev/shm before
+        // they exist (undoing what does not exist is harmless, and a crash must not leave
+        // anything the record does not name) and the cgroups once they do; the monitor
+        // and infra process, started later, are found by `teardown` from their pid files.
+        let pin = tokio::task::spawn_blocking({
+            let dir = dir.join("ns");
+            let hostname = hostname.clone();
+            move || ns::pin(&dir, request, &hostname)
+        });
+        let record = tokio::task::spawn_blocking({
+            let layout = self.inner.cgroups.clone();
+            let path = path.clone();
+            let mut rec = rec.clone();
+            move || {
+                rec.cgroups_created = layout.create(&rec.cgroup_parent)?;
+                let saved = if rec.network_attached {
+                    records::save(&path, &rec)
+                } else {
+                    Ok(())
+                };
+                Ok((rec.cgroups_created, saved))
+            }
+        });
+        let (pin, record) = tokio::join!(pin, record);
+        let pinned = pin
+            .map_err(|e| Error::Internal(format!("pin namespaces task: {e}")))
+            .and_then(|r| r);
+        let recorded = record
+            .map_err(|e| Error::Internal(format!("create cgroup task: {e}")))
+            .and_then(|r: Result<_>| r)
+            .and_then(|(created, saved)| {
+                rec.cgroups_created = created;
+                saved
+            });
+        let ready = match (pinned, recorded) {
+            (Ok(ns), Ok(())) if ns == planned || !rec.network_attached => {
+                rec.namespaces = ns;
+                Ok(())
+            }
+            (Ok(ns), Ok(())) => {
+                // Never expected: the record saved before ADD must name the real paths.
+                rec.namespaces = ns;
+                records::save(&path, &rec)
+            }
+            // A failed pin undid itself; the planned paths are harmless to unpin.
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        };
+        if let Err(e) = ready {
+            tracing::warn!(pod = %id, error = %e, "RunPodSandbox failed; cleaning up");
+            self.abort_run(&mut rec, false).await;
+            return Err(e);
+        }
+
+        let netns = rec.namespaces.network.clone();
+        // Nothing of it depends on the network, so it runs while ADD does. It reports what
+        // it set up even when it fails.
         let setup = tokio::task::spawn_blocking({
             let svc = self.clone();
             let mut rec = rec.clone();
-            move || svc.setup_sandbox(&mut rec).map(|()| rec)
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("sandbox setup task: {e}")))?;
-        match setup {
-            Ok(r) => rec = r,
-            Err(e) => {
+            move || {
+                let result = svc.start_pod_processes(&mut rec, &hostname);
+                (rec, result)
+            }
+        });
+        let network = async {
+            match &netns {
+                None => Network::Host,
+                Some(netns) => match self.inner.cni.add(&self.attachment(&rec, netns)).await {
+                    Ok(result) => Network::Added(result),
+                    Err(e) => Network::Failed(Error::from(e)),
+                },
+            }
+        };
+        // Both halves always run to the end, so that clean-up never races with a plugin
+        // still attaching the pod or a monitor still starting.
+        let (setup, network) = tokio::join!(setup, network);
+        let (mut done, setup) = match setup {
+            Ok(r) => r,
+            // Its processes, if any, are found from their pid files by `teardown`.
+            Err(e) => (
+                rec.clone(),
+                Err(Error::Internal(format!("sandbox setup task: {e}"))),
+            ),
+        };
+        let add_ran = !matches!(network, Network::Host);
+        let outcome = match (setup, network) {
+            (Ok(()), Network::Host) => {
+                done.ips = host_ips();
+                Ok(())
+            }
+            (Ok(()), Network::Added(result)) => {
+                done.ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
+                Ok(())
+            }
+            (Ok(()), Network::Failed(e)) => {
+                tracing::warn!(pod = %id, error = %e, "pod network setup failed; cleaning up");
+                Err(e)
+            }
+            (Err(e), network) => {
+                if let Network::Failed(n) = &network {
+                    tracing::warn!(pod = %id, error = %n, "pod network setup failed too");
+                }
                 tracing::warn!(pod = %id, error = %e, "RunPodSandbox failed; cleaning up");
-                let _ = crate::fsutil::remove_all(&dir2);
-                return Err(e);
+                Err(e)
             }
-        }
-        let path = self.sandbox_record_path(&id);
-        if let Some(netns) = rec.namespaces.network.clone() {
-            // Recorded before ADD, so that after a crash at any point a DEL still runs when
-            // kubelet stops the pod.
-            rec.network_attached = true;
-            let attached = match records::save(&path, &rec) {
-                Ok(()) => self
-                    .inner
-                    .cni
-                    .add(&self.attachment(&rec, &netns))
-                    .await
-                    .map_err(Error::from),
-                Err(e) => Err(e),
-            };
-            match attached {
-                Ok(result) => {
-                    rec.ips = result.pod_ips().iter().map(|ip| ip.to_string()).collect();
-                    if let Some(ip) = rec.ips.first() {
-                        let hostname =
-                            std::fs::read_to_string(&rec.hostname_file).unwrap_or_default();
-                        let hosts = files::hosts_content(hostname.trim(), Some(ip));
-                        if let Err(e) = std::fs::write(&rec.hosts_file, hosts) {
-                            tracing::warn!(pod = %id, error = %e, "write /etc/hosts with the pod IP");
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(pod = %id, error = %e, "pod network setup failed; cleaning up");
-                    if let Err(d) = self.inner.cni.del(&self.attachment(&rec, &netns)).await {
-                        tracing::warn!(pod = %id, error = %d, "CNI DEL after a failed ADD");
-                    }
-                    self.teardown(&mut rec).await;
-                    crate::cgroups::remove(&rec.cgroups_created);
-                    let _ = crate::fsutil::remove_all(&dir);
-                    let _ = crate::fsutil::remove_all(&path);
-                    return Err(e);
-                }
-            }
-        } else {
-            rec.ips = host_ips();
-        }
-        if let Err(e) = records::save(&path, &rec) {
-            if let Some(netns) = rec.namespaces.network.clone() {
-                let _ = self.inner.cni.del(&self.attachment(&rec, &netns)).await;
-            }
-            self.teardown(&mut rec).await;
-            crate::cgroups::remove(&rec.cgroups_created);
-            let _ = crate::fsutil::remove_all(&dir);
-            let _ = crate::fsutil::remove_all(&path);
+        };
+        let outcome = match outcome {
+            Ok(()) => tokio::task::spawn_blocking({
+                let path = path.clone();
+                let rec = done.clone();
+                move || finish_files_and_record(&path, &rec)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("save sandbox record task: {e}")))
+            .and_then(|r| r),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            self.abort_run(&mut done, add_ran).await;
             return Err(e);
         }
-        lock(&self.inner.sandboxes).insert(id.clone(), Entry::new(rec));
+        lock(&self.inner.sandboxes).insert(id.clone(), Entry::new(done));
         guard.keep();
         tracing::info!(pod = %id, name = %meta.name, namespace = %meta.namespace, "pod sandbox ready");
         Ok(id)
+    }
+
+    /// Undoes a failed RunPodSandbox once none of its steps runs any more: DEL when ADD
+    /// ran (a failed ADD may have left allocations behind), the processes, mounts and
+    /// namespaces, the cgroups berth created, the pod directory and the record.
+    async fn abort_run(&self, rec: &mut SandboxRecord, add_ran: bool) {
+        if add_ran
+            && let Some(netns) = rec.namespaces.network.clone()
+            && let Err(d) = self.inner.cni.del(&self.attachment(rec, &netns)).await
+        {
+            tracing::warn!(pod = %rec.id, error = %d, "CNI DEL after a failed RunPodSandbox");
+        }
+        self.teardown(rec).await;
+        let (created, dir, path) = (
+            rec.cgroups_created.clone(),
+            rec.dir.clone(),
+            self.sandbox_record_path(&rec.id),
+        );
+        let removed = tokio::task::spawn_blocking(move || {
+            crate::cgroups::remove(&created);
+            let _ = crate::fsutil::remove_all(&dir);
+            let _ = crate::fsutil::remove_all(&path);
+        })
+        .await;
+        if let Err(e) = removed {
+            tracing::warn!(pod = %rec.id, error = %e, "removing a failed pod's cgroups and files");
+        }
     }
 
     fn sandbox_record_path(&self, id: &str) -> PathBuf {
@@ -173,85 +290,41 @@ impl PodService {
             .join(format!("{id}.json"))
     }
 
-    /// The blocking part of RunPodSandbox; on error it undoes its own steps.
-    fn setup_sandbox(&self, rec: &mut SandboxRecord) -> Result<()> {
-        std::fs::create_dir_all(&rec.dir).map_err(|e| Error::io("create", &rec.dir, e))?;
+    /// The set-up nothing of the network depends on, run while ADD runs: the pod files,
+    /// /dev/shm (at `rec.shm`), the monitor and the infra process. Blocking. It does not
+    /// undo its steps: the caller does, once ADD is over, since the namespaces must
+    /// outlive the DEL.
+    fn start_pod_processes(&self, rec: &mut SandboxRecord, hostname: &str) -> Result<()> {
         let nso = rec.ns_options();
-        let host_net = is_node(nso.network);
-        let host_ipc = is_node(nso.ipc);
-        let hostname = if host_net {
-            nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        } else if rec.config.hostname.is_empty() {
-            rec.metadata().name.chars().take(63).collect()
-        } else {
-            rec.config.hostname.clone()
-        };
-        let result = (|| -> Result<()> {
-            rec.namespaces = ns::pin(
-                &rec.dir.join("ns"),
-                ns::NamespaceRequest {
-                    network: !host_net,
-                    ipc: !host_ipc,
-                    // The UTS namespace goes with the network one: a hostNetwork pod sees
-                    // the node's hostname, as with containerd.
-                    uts: !host_net,
-                },
-                &hostname,
-            )?;
-            files::write_pod_files(
-                &rec.dir,
-                &hostname,
-                host_net,
-                rec.config.dns_config.as_ref(),
-            )?;
-            if !host_ipc {
-                let shm = rec.dir.join("shm");
-                files::mount_shm(&shm)?;
-                rec.shm = Some(shm);
-            }
-            let parent = rec
-                .config
-                .linux
-                .as_ref()
-                .map(|l| l.cgroup_parent.clone())
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| {
-                    format!(
-                        "{}/{}",
-                        self.inner.opts.default_cgroup_parent.trim_end_matches('/'),
-                        rec.id
-                    )
-                });
-            rec.cgroups_created = self.inner.cgroups.create(&parent)?;
-            rec.cgroup_parent = parent;
-            let bin = &self.inner.opts.monitor_binary;
-            if !bin.is_file() {
-                return Err(Error::Internal(format!(
-                    "monitor binary {} does not exist",
-                    bin.display()
-                )));
-            }
-            let info = monitor::spawn(bin, &rec.dir)
-                .map_err(|e| Error::Internal(format!("start pod monitor: {e}")))?;
-            rec.monitor_pid = Some(info.pid);
-            rec.monitor_socket = info.socket;
-            if nso.pid == cri::NamespaceMode::Pod as i32 {
-                // The infra process is the monitor's child, so the monitor reaps it.
-                let client = monitor::MonitorClient::new(rec.monitor_socket.clone());
-                let pid = tokio::runtime::Handle::current()
-                    .block_on(client.spawn_pause())
-                    .map_err(|e| Error::Internal(format!("start pod infra process: {e}")))?;
-                rec.pause_pid = Some(pid);
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            self.teardown_blocking(rec);
-            crate::cgroups::remove(&rec.cgroups_created);
+        files::write_pod_files(
+            &rec.dir,
+            hostname,
+            is_node(nso.network),
+            rec.config.dns_config.as_ref(),
+        )?;
+        if let Some(shm) = &rec.shm {
+            files::mount_shm(shm)?;
         }
-        result
+        let bin = &self.inner.opts.monitor_binary;
+        if !bin.is_file() {
+            return Err(Error::Internal(format!(
+                "monitor binary {} does not exist",
+                bin.display()
+            )));
+        }
+        let info = monitor::spawn(bin, &rec.dir)
+            .map_err(|e| Error::Internal(format!("start pod monitor: {e}")))?;
+        rec.monitor_pid = Some(info.pid);
+        rec.monitor_socket = info.socket;
+        if nso.pid == cri::NamespaceMode::Pod as i32 {
+            // The infra process is the monitor's child, so the monitor reaps it.
+            let client = monitor::MonitorClient::new(rec.monitor_socket.clone());
+            let pid = tokio::runtime::Handle::current()
+                .block_on(client.spawn_pause())
+                .map_err(|e| Error::Internal(format!("start pod infra process: {e}")))?;
+            rec.pause_pid = Some(pid);
+        }
+        Ok(())
     }
 
     /// Releases what a ready sandbox holds, except its cgroup and record.
@@ -269,6 +342,7 @@ impl PodService {
     }
 
     async fn teardown(&self, rec: &mut SandboxRecord) {
+        adopt_unrecorded_processes(rec);
         if let Some(pid) = rec.pause_pid.filter(|p| *p > 1) {
             // Killed while its parent, the monitor, is still there to reap it.
             let _ = nix::sys::signal::kill(
@@ -481,11 +555,109 @@ impl PodService {
     }
 }
 
+/// How the pod network went in RunPodSandbox.
+enum Network {
+    /// hostNetwork: no CNI.
+    Host,
+    /// ADD succeeded.
+    Added(cni::CniResult),
+    /// ADD ran and failed (plugins may still hold something: DEL).
+    Failed(Error),
+}
+
+/// The files `ns::pin` makes for `request` in `<pod dir>/ns`.
+fn planned_namespaces(dir: &Path, request: ns::NamespaceRequest) -> ns::PinnedNamespaces {
+    let file = |wanted: bool, kind: &str| wanted.then(|| dir.join("ns").join(kind));
+    ns::PinnedNamespaces {
+        network: file(request.network, "net"),
+        ipc: file(request.ipc, "ipc"),
+        uts: file(request.uts, "uts"),
+    }
+}
+
+/// The pod's hostname: the node's for hostNetwork pods, else the config's, else the pod
+/// name cut to a DNS label's 63 characters.
+fn pod_hostname(rec: &SandboxRecord) -> String {
+    if is_node(rec.ns_options().network) {
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else if rec.config.hostname.is_empty() {
+        rec.metadata().name.chars().take(63).collect()
+    } else {
+        rec.config.hostname.clone()
+    }
+}
+
+/// The last step of a RunPodSandbox that worked: the pod IP into /etc/hosts (a pod with
+/// its own network only; a hostNetwork pod keeps the node's file), then the ready record.
+fn finish_files_and_record(path: &Path, rec: &SandboxRecord) -> Result<()> {
+    if rec.namespaces.network.is_some()
+        && let Some(ip) = rec.ips.first()
+    {
+        let hostname = std::fs::read_to_string(&rec.hostname_file).unwrap_or_default();
+        let hosts = files::hosts_content(hostname.trim(), Some(ip));
+        if let Err(e) = std::fs::write(&rec.hosts_file, hosts) {
+            tracing::warn!(pod = %rec.id, error = %e, "write /etc/hosts with the pod IP");
+        }
+    }
+    records::save(path, rec)
+}
+
+/// A record saved before ADD names no monitor or infra process: they were starting
+/// meanwhile. When RunPodSandbox was interrupted (a crash, a lost set-up task), they may
+/// run all the same, so they are found from the pid files the monitor writes in the pod
+/// directory. A pid is taken only when it is this pod's monitor (its command line names
+/// the pod directory) or that monitor's child, so a recycled pid is never killed.
+fn adopt_unrecorded_processes(rec: &mut SandboxRecord) {
+    if rec.monitor_pid.is_none() {
+        let dir = std::path::absolute(&rec.dir).unwrap_or_else(|_| rec.dir.clone());
+        rec.monitor_pid = read_pid(&rec.dir.join(monitor::spawn::PID_FILE)).filter(|&pid| {
+            let args = cmdline(pid);
+            args.len() == 3 && args[1] == "serve" && Path::new(&args[2]) == dir
+        });
+    }
+    if rec.pause_pid.is_none()
+        && let Some(monitor) = rec.monitor_pid
+    {
+        rec.pause_pid = read_pid(&rec.dir.join(monitor::spawn::PAUSE_PID_FILE))
+            .filter(|&pid| process_alive(pid) && parent_pid(pid) == Some(monitor));
+    }
+}
+
+fn read_pid(file: &Path) -> Option<i32> {
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+}
+
+/// The arguments of a running process (none when it is gone).
+fn cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| {
+            c.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn parent_pid(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub(crate) fn sandbox_state(r: &SandboxRecord) -> cri::PodSandboxState {
     match r.state {
-        // A crash during CNI ADD leaves a ready record whose RunPodSandbox never answered
-        // and that has no IP: report it not ready (as containerd does) so kubelet replaces
-        // it; Stop and Remove still release it, DEL coming from the cache.
+        // A crash during RunPodSandbox after the record saved before ADD leaves a ready
+        // record whose RunPodSandbox never answered and that has no IP (and maybe no
+        // monitor yet): report it not ready (as containerd does) so kubelet replaces it;
+        // Stop and Remove still release it, DEL coming from the cache.
         SandboxState::Ready if r.network_attached && r.ips.is_empty() => {
             cri::PodSandboxState::SandboxNotready
         }

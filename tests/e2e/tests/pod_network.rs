@@ -3,11 +3,13 @@
 //! IPAM allocation, iptables rules, cache entry), DEL exactly once, hostNetwork pods
 //! without CNI, kill -9 of berthd between ADD and Stop, the pod CIDR as ipRanges, and the
 //! bad inputs: no config, a missing / crashing / failing / hanging plugin, a malformed
-//! conflist.
+//! conflist, and either half of RunPodSandbox (ADD, or the monitor set-up beside it)
+//! failing.
 //!
 //! Every test has its own berthd, bridge and /24 (see `e2e::network`); all traffic stays
 //! on that bridge or on 127.0.0.1.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -129,6 +131,52 @@ async fn wait_network_ready(env: &PodEnv, want: bool) -> Result<api::RuntimeCond
                 .find(|c| c.r#type == "NetworkReady")
                 .context("no NetworkReady condition")?;
             Ok((c.status == want).then_some(c))
+        },
+    )
+    .await
+}
+
+/// `cfg` with a shared PID namespace, so that the pod gets an infra process.
+fn with_infra_process(mut cfg: api::PodSandboxConfig) -> api::PodSandboxConfig {
+    if let Some(sc) = cfg.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+        sc.namespace_options = Some(ns_options(
+            NamespaceMode::Pod,
+            NamespaceMode::Pod,
+            NamespaceMode::Pod,
+        ));
+    }
+    cfg
+}
+
+/// Waits until the directory of pod `id` names its monitor and infra process (the pid
+/// files they write); returns (monitor, infra) pids.
+async fn wait_pod_processes(env: &PodEnv, id: &str) -> Result<(i32, i32)> {
+    let dir = env.pod_dir(id);
+    poll_until(
+        Duration::from_secs(15),
+        "the pod's monitor and infra process to start",
+        || {
+            let read = |f: &str| {
+                std::fs::read_to_string(dir.join(f))
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok())
+            };
+            let pids = read("monitor.pid").zip(read("pause.pid"));
+            async move { Ok(pids) }
+        },
+    )
+    .await
+}
+
+/// Waits until `pid` is gone (a monitor told to shut down exits on its own, shortly after
+/// the call that stopped it returned).
+async fn wait_gone(pid: i32, what: &str) -> Result<()> {
+    poll_until(
+        Duration::from_secs(10),
+        &format!("{what} ({pid}) to exit"),
+        || {
+            let gone = !pid_alive(pid);
+            async move { Ok(gone.then_some(())) }
         },
     )
     .await
@@ -689,7 +737,7 @@ async fn kill9_during_add_leaves_nothing_once_the_pod_is_removed() -> Result<()>
         ))
     })
     .await?;
-    let cfg = env.pod_config("net-crash-in-add");
+    let cfg = with_infra_process(env.pod_config("net-crash-in-add"));
     let mut rt = env.cri.runtime.clone();
     let req = api::RunPodSandboxRequest {
         config: Some(cfg.clone()),
@@ -714,6 +762,9 @@ async fn kill9_during_add_leaves_nothing_once_the_pod_is_removed() -> Result<()>
         .context("bridge ADD recorded")?;
     assert_eq!(env.bridge_ports().len(), 1, "the bridge attached the pod");
     assert_eq!(env.allocations().len(), 1, "the bridge allocated an IP");
+    // The monitor and the infra process start while ADD runs, so the record saved before
+    // ADD cannot name them: Stop must still find and end them.
+    let (monitor, pause) = wait_pod_processes(&env, &id).await?;
 
     env.berthd.kill9()?;
     let _ = call.await;
@@ -730,13 +781,22 @@ async fn kill9_during_add_leaves_nothing_once_the_pod_is_removed() -> Result<()>
     // Whatever berthd shows of the half-created pod, kubelet's cleanup (Stop + Remove of
     // every listed sandbox) must release its network.
     let listed = env.list_pod_ids(None).await?;
-    println!("after the restart berthd lists {listed:?} (the pod being added was {id})");
+    assert_eq!(
+        listed,
+        vec![id.clone()],
+        "the record saved before ADD lists the half-created pod"
+    );
     for p in &listed {
         let st = env.pod_status(p).await?;
         println!(
             "half-created pod {p}: state {:?}, ip {:?}",
             api::PodSandboxState::try_from(st.state),
-            st.network.map(|n| n.ip)
+            st.network.as_ref().map(|n| &n.ip)
+        );
+        assert_eq!(
+            st.state,
+            api::PodSandboxState::SandboxNotready as i32,
+            "a pod whose RunPodSandbox never answered is not ready"
         );
         env.stop_pod(p).await?;
         env.remove_pod(p).await?;
@@ -746,6 +806,8 @@ async fn kill9_during_add_leaves_nothing_once_the_pod_is_removed() -> Result<()>
         "a DEL ran for the pod whose ADD was interrupted: {:?}",
         fake.calls()
     );
+    wait_gone(monitor, "the half-created pod's monitor").await?;
+    wait_gone(pause, "the half-created pod's infra process").await?;
     env.assert_no_pod_leftovers("kill -9 during ADD, restart, Stop/Remove of listed pods")
         .await;
     Ok(())
@@ -1046,6 +1108,156 @@ async fn plugin_printing_garbage_with_exit_0_fails_naming_it_and_nothing_leaks()
 #[tokio::test(flavor = "multi_thread")]
 async fn hanging_plugin_times_out_naming_it_and_nothing_leaks() -> Result<()> {
     failing_plugin_case(FAIL_SLEEP, Code::DeadlineExceeded, "timed out").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_add_ends_the_monitor_and_infra_process_started_beside_it() -> Result<()> {
+    let fake = FakePlugins::new()?;
+    let opts = BerthdOptions {
+        cni_bin_dirs: vec![fake.bin_dir()],
+        cni_plugin_timeout_secs: Some(5),
+        ..Default::default()
+    };
+    let env = NetEnv::start(false, opts, |n, ipam| {
+        Some(FakePlugins::conflist(
+            n,
+            ipam,
+            REC_BRIDGE,
+            &[&format!(r#"{{"type":"{FAIL_SLEEP}"}}"#)],
+        ))
+    })
+    .await?;
+    let cfg = with_infra_process(env.pod_config("net-add-beside"));
+    let mut rt = env.cri.runtime.clone();
+    let req = api::RunPodSandboxRequest {
+        config: Some(cfg.clone()),
+        runtime_handler: String::new(),
+    };
+    let call = tokio::spawn(async move { rt.run_pod_sandbox(req).await });
+    let id = poll_until(Duration::from_secs(15), "the bridge's ADD", || {
+        let id = fake
+            .calls()
+            .iter()
+            .find(|c| c.plugin == REC_BRIDGE && c.command == "ADD")
+            .map(|c| c.container_id.clone());
+        async move { Ok(id) }
+    })
+    .await?;
+    let (monitor, pause) = wait_pod_processes(&env, &id).await?;
+    assert!(
+        !call.is_finished(),
+        "the monitor and infra process started while ADD still ran"
+    );
+    let err = expect_code(
+        call.await?,
+        Code::DeadlineExceeded,
+        "RunPodSandbox whose ADD hangs",
+    );
+    assert!(err.message().contains(FAIL_SLEEP), "{err:?}");
+    wait_gone(pause, "the failed pod's infra process").await?;
+    wait_gone(monitor, "the failed pod's monitor").await?;
+    assert!(
+        fake.count(REC_BRIDGE, "DEL", &id) >= 1,
+        "the bridge got DEL: {:?}",
+        fake.calls()
+    );
+    env.assert_no_pod_leftovers("ADD failed while the monitor ran")
+        .await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_monitor_start_waits_for_the_add_beside_it_and_undoes_it() -> Result<()> {
+    let fake = FakePlugins::new()?;
+    // ADD only: a DEL that ran before the ADD ended would leave its veth and IP behind.
+    let slow = fake.plugin_path("e2e-slow-bridge");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nif [ \"$CNI_COMMAND\" = ADD ]; then sleep 1; fi\nexec '{}'\n",
+            fake.plugin_path(REC_BRIDGE).display()
+        ),
+    )?;
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755))?;
+    let monitor_dir = tempfile::tempdir()?;
+    let bad_monitor = monitor_dir.path().join("berth-monitor");
+    std::fs::write(
+        &bad_monitor,
+        "#!/bin/sh\necho 'e2e: this monitor refuses to start' >&2\nexit 3\n",
+    )?;
+    std::fs::set_permissions(&bad_monitor, std::fs::Permissions::from_mode(0o755))?;
+    let mut env = NetEnv::start(false, rec_bridge_env_opts(&fake), |n, ipam| {
+        Some(FakePlugins::conflist(n, ipam, "e2e-slow-bridge", &[]))
+    })
+    .await?;
+    // NetEnv writes the [runtime] table itself; the monitor goes into it.
+    let conf = std::fs::read_to_string(env.berthd.config_path())?;
+    anyhow::ensure!(conf.contains("[runtime]\n"), "no [runtime] table: {conf}");
+    let conf = conf.replacen(
+        "[runtime]\n",
+        &format!("[runtime]\nmonitor_path = \"{}\"\n", bad_monitor.display()),
+        1,
+    );
+    std::fs::write(env.berthd.config_path(), conf)?;
+    env.berthd.restart().await?;
+    env.reconnect().await?;
+
+    let cfg = env.pod_config("net-bad-monitor");
+    let started = std::time::Instant::now();
+    let err = expect_code(
+        env.run_pod(&cfg).await,
+        Code::Internal,
+        "RunPodSandbox with a monitor that cannot start",
+    );
+    assert!(
+        err.message().contains("refuses to start"),
+        "the error is the monitor's: {err:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "RunPodSandbox waited for the slow ADD ({:?})",
+        started.elapsed()
+    );
+    let calls = fake.calls();
+    let add = calls
+        .iter()
+        .position(|c| c.plugin == REC_BRIDGE && c.command == "ADD")
+        .with_context(|| format!("the bridge ran ADD: {calls:?}"))?;
+    let id = calls[add].container_id.clone();
+    let del = calls
+        .iter()
+        .position(|c| c.plugin == REC_BRIDGE && c.command == "DEL" && c.container_id == id)
+        .with_context(|| format!("the bridge got DEL after the failed set-up: {calls:?}"))?;
+    assert!(add < del, "DEL after ADD: {calls:?}");
+    env.assert_no_pod_leftovers("monitor failed while ADD ran")
+        .await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_namespace_set_up_removes_the_record_and_cgroup_made_beside_it() -> Result<()> {
+    let fake = FakePlugins::new()?;
+    let env = NetEnv::start(false, rec_bridge_env_opts(&fake), |n, ipam| {
+        Some(rec_bridge_conflist(n, ipam))
+    })
+    .await?;
+    let mut cfg = env.pod_config("net-bad-hostname");
+    // Longer than the kernel's 64 bytes: setting it in the pod's UTS namespace fails,
+    // while the pod cgroup is created and the record saved.
+    cfg.hostname = "h".repeat(70);
+    let err = expect_code(
+        env.run_pod(&cfg).await,
+        Code::InvalidArgument,
+        "RunPodSandbox with a 70-byte hostname",
+    );
+    assert!(err.message().contains("hostname"), "{err:?}");
+    assert!(
+        fake.calls().is_empty(),
+        "no CNI call without a network namespace: {:?}",
+        fake.calls()
+    );
+    env.assert_no_pod_leftovers("namespace set-up failed").await;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread")]

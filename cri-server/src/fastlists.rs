@@ -78,14 +78,28 @@ impl RuntimeServer {
         }
     }
 
-    fn grpc<Req>(&self) -> tonic::server::Grpc<ProstCodec<Encoded, Req>>
+    /// Decodes the request, answers with `answer`'s bytes, with tonic's unary handling
+    /// (size limits, status codes, framing).
+    fn serve_encoded<Req, B>(
+        &self,
+        req: http::Request<B>,
+        answer: fn(&PodService, Req) -> Vec<u8>,
+    ) -> BoxFuture<'static, Result<http::Response<tonic::body::Body>, Infallible>>
     where
         Req: prost::Message + Default + Send + 'static,
+        B: tonic::codegen::Body + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError> + Send + 'static,
     {
-        tonic::server::Grpc::new(ProstCodec::default()).apply_max_message_size_config(
-            Some(self.max_message_bytes),
-            Some(self.max_message_bytes),
-        )
+        let mut grpc = tonic::server::Grpc::new(ProstCodec::<Encoded, Req>::default())
+            .apply_max_message_size_config(
+                Some(self.max_message_bytes),
+                Some(self.max_message_bytes),
+            );
+        let svc = EncodedAnswer {
+            pods: self.pods.clone(),
+            answer,
+        };
+        Box::pin(async move { Ok(grpc.unary(svc, req).await) })
     }
 }
 
@@ -93,33 +107,19 @@ impl NamedService for RuntimeServer {
     const NAME: &'static str = "runtime.v1.RuntimeService";
 }
 
-/// ListPodSandbox from the cached encodings.
-struct ListPodSandbox(PodService);
-
-impl UnaryService<cri::ListPodSandboxRequest> for ListPodSandbox {
-    type Response = Encoded;
-    type Future = std::future::Ready<Result<tonic::Response<Encoded>, tonic::Status>>;
-
-    fn call(&mut self, request: tonic::Request<cri::ListPodSandboxRequest>) -> Self::Future {
-        let req = request.into_inner();
-        std::future::ready(Ok(tonic::Response::new(Encoded(
-            self.0.list_pod_sandbox_encoded(req.filter.as_ref()),
-        ))))
-    }
+/// A list call answered by `answer` with already-encoded bytes.
+struct EncodedAnswer<Req> {
+    pods: PodService,
+    answer: fn(&PodService, Req) -> Vec<u8>,
 }
 
-/// ListContainers from the cached encodings.
-struct ListContainers(PodService);
-
-impl UnaryService<cri::ListContainersRequest> for ListContainers {
+impl<Req: Send + 'static> UnaryService<Req> for EncodedAnswer<Req> {
     type Response = Encoded;
     type Future = std::future::Ready<Result<tonic::Response<Encoded>, tonic::Status>>;
 
-    fn call(&mut self, request: tonic::Request<cri::ListContainersRequest>) -> Self::Future {
-        let req = request.into_inner();
-        std::future::ready(Ok(tonic::Response::new(Encoded(
-            self.0.list_containers_encoded(req.filter.as_ref()),
-        ))))
+    fn call(&mut self, request: tonic::Request<Req>) -> Self::Future {
+        let bytes = (self.answer)(&self.pods, request.into_inner());
+        std::future::ready(Ok(tonic::Response::new(Encoded(bytes))))
     }
 }
 
@@ -138,16 +138,12 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         match req.uri().path() {
-            LIST_POD_SANDBOX => {
-                let mut grpc = self.grpc::<cri::ListPodSandboxRequest>();
-                let svc = ListPodSandbox(self.pods.clone());
-                Box::pin(async move { Ok(grpc.unary(svc, req).await) })
-            }
-            LIST_CONTAINERS => {
-                let mut grpc = self.grpc::<cri::ListContainersRequest>();
-                let svc = ListContainers(self.pods.clone());
-                Box::pin(async move { Ok(grpc.unary(svc, req).await) })
-            }
+            LIST_POD_SANDBOX => self.serve_encoded(req, |pods, r: cri::ListPodSandboxRequest| {
+                pods.list_pod_sandbox_encoded(r.filter.as_ref())
+            }),
+            LIST_CONTAINERS => self.serve_encoded(req, |pods, r: cri::ListContainersRequest| {
+                pods.list_containers_encoded(r.filter.as_ref())
+            }),
             _ => tower::Service::call(&mut self.generated, req),
         }
     }

@@ -490,23 +490,25 @@ pub fn docs(results: &Results) -> String {
 /// (docs/benchmarks.md). Kept next to the generator so a rerun keeps it with the figures.
 const BOUNDS: &str = "\
 - **Pod start (sequential).** StartContainer is one `runc run --detach` run by the pod
-  monitor, and costs what runc alone costs for `create` + `start` (the floor table): the
-  runtime's own start-up, namespace and cgroup set-up and the exec of the container process.
-  RunPodSandbox is bounded by CNI plugin execution (the bridge plugin, which runs
-  host-local; two Go binaries started per pod, about half of the call) and by starting the
-  pod's monitor process (fork, exec, first answer on its socket). Pinning the namespaces,
-  the pod files, /dev/shm and the cgroup take about a millisecond together. Left to do:
-  start the monitor while CNI ADD runs (they are independent), and keep a warm monitor
-  ready to take the next pod. crun would cut the runc floor by about two thirds but refuses
-  this host's hybrid cgroup layout.
-- **List and status calls.** With 100 pods a ListContainers answer is about 50 KB of
-  protobuf; the per-call cost is gRPC / HTTP/2 framing, protobuf encoding of the labels and
-  annotations kubelet puts on every object (both runtimes pay it), and per container one
-  look-up of the monitor's exit file (one failed open(2)) because container exits are
-  recorded by the monitors, not pushed to berthd. The answers are built from shared records
-  without copying them. Left to do: learn exits by inotify on the exit files (no syscall per
-  container and call) and cache the encoded list between changes, which is what would bring
-  the ratio under 0.5 (containerd answers from an in-memory store as well).
+  monitor and costs what runc alone costs for `create` + `start` (the floor table); timed
+  directly against the monitor's socket, the monitor adds nothing measurable. In
+  RunPodSandbox the CNI ADD (the bridge plugin, which runs host-local: two Go binaries per
+  pod) is about half; the namespaces are pinned while the pod cgroup is created and the
+  record saved (fsynced, so that a DEL runs after a crash), and the monitor start, the pod
+  files and /dev/shm run beside the ADD. What berth adds over the runc floor is then mostly
+  the ADD, CreateContainer's overlay mount and bundle, and fsynced record writes; a median
+  ratio of 0.4 needs that under about 14 ms. crun would cut the runc floor by about two
+  thirds but refuses this host's hybrid cgroup layout.
+- **List and status calls.** The Version row is the floor of a call: no work, after the
+  same kind of idle pause, it is the client's and the daemon's wake-ups on this virtual
+  machine plus HTTP/2 framing, and it is most of berth's list figures. What remains is
+  mostly copying and decoding the answer (about 40 KB for ListContainers with 100 pods),
+  which the client pays for both runtimes. berthd answers both lists from protobuf
+  encodings cached per pod and container, learns container exits by inotify (no system
+  call per container and call), and keeps its gRPC thread polling for 200 µs after each
+  answer, so the later calls of a burst skip the wake-up (ContainerStatus). When half of
+  containerd's time for a list is close to or below berth's Version time, no answer can
+  meet the 0.5 target on this machine.
 ";
 
 /// How the figures are made (docs/benchmarks.md).
@@ -533,9 +535,15 @@ const METHOD: &str = "\
   Teardown is StopPodSandbox + RemovePodSandbox. As kubelet's cgroupfs driver does, the
   bench creates each pod's cgroup (the sandbox's `cgroup_parent`) before RunPodSandbox and
   removes it after RemovePodSandbox, untimed, for both runtimes.
-- Parallel starts run a batch of pods at once and time each pod; the list / status calls
-  run with all parallel pods up, without filters (kubelet's relist), ContainerStatus on
-  each container in turn.
+- Parallel starts run a batch of pods at once and time each pod. The list / status calls
+  run with all parallel pods up, without filters (kubelet's relist): per round and runtime
+  ListContainers, ListPodSandbox, ContainerStatus (each container in turn) and
+  ListContainerStats back to back, the first after the other runtime's round (tens of ms
+  idle). They are timed from a current-thread runtime on a thread of its own, with
+  connections of its own: the bench's multi-thread client hands every call between three
+  tasks on different threads, which here costs about as much as a whole list call of either
+  runtime and would hide the difference measured. The Version row is a call that does no
+  work, after 20 ms idle: what the client and the transport cost.
 - Memory is RSS and PSS from `/proc/PID/smaps_rollup`: the daemon (berthd, containerd),
   the per-pod helpers (berth's monitors, containerd's shims) and the pause processes with
   their children (containerd's sandbox containers; berth has one only for pods sharing a

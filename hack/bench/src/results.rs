@@ -220,6 +220,12 @@ impl Results {
                 false,
                 Target::median(0.5),
             ),
+            op(
+                "call.version",
+                "Version after 20 ms idle (no work: client and transport)".into(),
+                false,
+                None,
+            ),
         ];
         Results {
             plan: plan.clone(),

@@ -6,7 +6,7 @@
 //! 4. sequential teardowns of those pods (StopPodSandbox + RemovePodSandbox);
 //! 3. pod starts in parallel batches, up to the plan's running pods;
 //! 5. with those pods running: ListContainers, ListPodSandbox, ContainerStatus,
-//!    ListContainerStats;
+//!    ListContainerStats, and Version after a pause (the floor of a call);
 //! 6. memory of each runtime and its helpers at 0 pods, one batch and all pods;
 //!
 //! and finally the parallel pods are torn down in parallel batches.
@@ -286,61 +286,135 @@ async fn parallel_starts(
     Ok(running)
 }
 
-/// (5) `rounds` rounds of the calls kubelet makes every second, with `running` pods.
+/// What the list phase saw, applied to the results afterwards (the calls run on a thread
+/// of their own, which cannot borrow the results).
+enum Seen {
+    Sample(&'static str, usize, Duration),
+    Unavailable(&'static str, usize),
+    Note(String),
+}
+
+/// (5) `rounds` rounds of kubelet's per-second calls with the pods of `running` up, and
+/// the same number of Version calls after a short pause, per runtime.
+///
+/// They are timed from a current-thread runtime on a thread of its own, with clients of
+/// their own: the bench's multi-thread runtime hands every call between its threads (the
+/// caller, tonic's buffer task, the connection task), which costs about as much as a whole
+/// list call of either runtime on this machine and would hide the difference measured.
+/// The Version row shows what remains: a call that does no work, after the same idle pause.
 async fn list_calls(
     rts: &[Runtime; 2],
     running: &[Vec<Pod>; 2],
     rounds: usize,
     results: &mut Results,
 ) -> Result<()> {
+    let sockets = [rts[0].socket.clone(), rts[1].socket.clone()];
+    let names = [rts[0].name(), rts[1].name()];
+    let containers: [Vec<String>; 2] = [0, 1].map(|r| {
+        running[r]
+            .iter()
+            .map(|p| p.container.clone())
+            .collect::<Vec<_>>()
+    });
+    let seen = tokio::task::spawn_blocking(move || -> Result<Vec<Seen>> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("list phase runtime")?
+            .block_on(timed_list_rounds(sockets, names, containers, rounds))
+    })
+    .await
+    .context("list phase thread")??;
+    for s in seen {
+        match s {
+            Seen::Sample(key, r, d) => results.record(key, r, d),
+            Seen::Unavailable(key, r) => results.unavailable(key, r, "Unimplemented"),
+            Seen::Note(n) => results.note(n),
+        }
+    }
+    Ok(())
+}
+
+/// The body of [`list_calls`], on its current-thread runtime.
+async fn timed_list_rounds(
+    sockets: [std::path::PathBuf; 2],
+    names: [&'static str; 2],
+    containers: [Vec<String>; 2],
+    rounds: usize,
+) -> Result<Vec<Seen>> {
+    let mut clients = Vec::new();
+    for (socket, name) in sockets.iter().zip(names) {
+        clients.push(
+            crate::client::Client::connect(socket)
+                .await
+                .with_context(|| format!("{name}: connecting the list-phase client"))?,
+        );
+    }
+    let mut seen = Vec::new();
     let mut stats_off = [false, false];
     for round in 0..rounds {
         for r in order(round) {
-            let c = &rts[r].client;
-            let name = rts[r].name();
+            let c = &clients[r];
+            let name = names[r];
             let t = Instant::now();
-            let containers = c
+            let listed = c
                 .list_containers()
                 .await
                 .with_context(|| format!("{name}: ListContainers"))?;
-            results.record("list.containers", r, t.elapsed());
+            seen.push(Seen::Sample("list.containers", r, t.elapsed()));
             let t = Instant::now();
             let sandboxes = c
                 .list_pods()
                 .await
                 .with_context(|| format!("{name}: ListPodSandbox"))?;
-            results.record("list.pods", r, t.elapsed());
+            seen.push(Seen::Sample("list.pods", r, t.elapsed()));
             if round == 0
-                && (containers.len() != running[r].len() || sandboxes.len() != running[r].len())
+                && (listed.len() != containers[r].len() || sandboxes.len() != containers[r].len())
             {
-                results.note(format!(
+                seen.push(Seen::Note(format!(
                     "{name}: listed {} containers and {} pods with {} running",
-                    containers.len(),
+                    listed.len(),
                     sandboxes.len(),
-                    running[r].len()
-                ));
+                    containers[r].len()
+                )));
             }
-            let pod = &running[r][round % running[r].len().max(1)];
-            let t = Instant::now();
-            c.container_status(&pod.container)
-                .await
-                .with_context(|| format!("{name}: ContainerStatus"))?;
-            results.record("status.container", r, t.elapsed());
+            if let Some(id) = containers[r].get(round % containers[r].len().max(1)) {
+                let t = Instant::now();
+                c.container_status(id)
+                    .await
+                    .with_context(|| format!("{name}: ContainerStatus"))?;
+                seen.push(Seen::Sample("status.container", r, t.elapsed()));
+            }
             if !stats_off[r] {
                 let t = Instant::now();
                 match c.list_container_stats().await {
-                    Ok(_) => results.record("list.stats", r, t.elapsed()),
+                    Ok(_) => seen.push(Seen::Sample("list.stats", r, t.elapsed())),
                     Err(s) if s.code() == Code::Unimplemented => {
                         stats_off[r] = true;
-                        results.unavailable("list.stats", r, "Unimplemented");
+                        seen.push(Seen::Unavailable("list.stats", r));
                     }
                     Err(s) => bail!("{name}: ListContainerStats: {s}"),
                 }
             }
         }
     }
-    Ok(())
+    for round in 0..rounds {
+        for r in order(round) {
+            // As idle as the first list call of a round.
+            tokio::time::sleep(VERSION_PAUSE).await;
+            let t = Instant::now();
+            clients[r]
+                .version()
+                .await
+                .with_context(|| format!("{}: Version", names[r]))?;
+            seen.push(Seen::Sample("call.version", r, t.elapsed()));
+        }
+    }
+    Ok(seen)
 }
+
+/// Idle time before each timed Version call.
+const VERSION_PAUSE: Duration = Duration::from_millis(20);
 
 /// Tears `running` down in parallel batches of `par` per runtime.
 async fn parallel_teardowns(

@@ -42,21 +42,23 @@ impl Spin {
         let until = self
             .now_us()
             .saturating_add(u64::try_from(self.window.as_micros()).unwrap_or(u64::MAX));
-        self.until_us.fetch_max(until, Ordering::Relaxed);
-        if self.running.swap(true, Ordering::AcqRel) {
+        // SeqCst on both sides: with weaker orderings the spinner's last check and this
+        // call's extension could both miss each other and lose a window.
+        self.until_us.fetch_max(until, Ordering::SeqCst);
+        if self.running.swap(true, Ordering::SeqCst) {
             return;
         }
         let spin = Arc::clone(self);
         tokio::spawn(async move {
             loop {
-                while spin.now_us() < spin.until_us.load(Ordering::Relaxed) {
+                while spin.now_us() < spin.until_us.load(Ordering::SeqCst) {
                     tokio::task::yield_now().await;
                 }
-                spin.running.store(false, Ordering::Release);
+                spin.running.store(false, Ordering::SeqCst);
                 // A call that finished between the last check and the store above saw a
                 // running spinner and did not start one: keep spinning for it.
-                if spin.now_us() >= spin.until_us.load(Ordering::Relaxed)
-                    || spin.running.swap(true, Ordering::AcqRel)
+                if spin.now_us() >= spin.until_us.load(Ordering::SeqCst)
+                    || spin.running.swap(true, Ordering::SeqCst)
                 {
                     return;
                 }
@@ -140,6 +142,15 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn spins_for_the_window_then_stops() {
+        spin_then_stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spins_then_stops_on_a_multi_thread_runtime_too() {
+        spin_then_stop().await;
+    }
+
+    async fn spin_then_stop() {
         let layer = BusyPollLayer::new(Duration::from_millis(20));
         let mut svc = layer.layer(tower::service_fn(|x: u32| async move {
             Ok::<_, Infallible>(x + 1)

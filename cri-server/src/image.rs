@@ -82,12 +82,14 @@ impl cri::image_service_server::ImageService for ImageApi {
         request: Request<cri::ListImagesRequest>,
     ) -> Result<Response<cri::ListImagesResponse>, Status> {
         let req = request.into_inner();
-        let filter = req
-            .filter
-            .as_ref()
-            .and_then(|f| f.image.as_ref())
-            .map(|s| s.image.as_str());
-        let images = self.images.list(filter).status()?;
+        let filter = req.filter.and_then(|f| f.image).map(|s| s.image);
+        // The store's lock may be held across an fsync by a pull finishing: never on the
+        // gRPC thread.
+        let store = self.images.clone();
+        let images = self
+            .work
+            .blocking(move || store.list(filter.as_deref()))
+            .await?;
         Ok(Response::new(cri::ListImagesResponse {
             images: images.iter().map(to_cri_image).collect(),
         }))
@@ -98,12 +100,20 @@ impl cri::image_service_server::ImageService for ImageApi {
         request: Request<cri::ImageStatusRequest>,
     ) -> Result<Response<cri::ImageStatusResponse>, Status> {
         let req = request.into_inner();
-        let image = spec_image(req.image.as_ref())?;
-        let found = self.images.status(image).status()?;
-        let info = match (&found, req.verbose) {
-            (Some(r), true) => self.images.verbose_info(r).into_iter().collect(),
-            _ => Default::default(),
-        };
+        let image = spec_image(req.image.as_ref())?.to_string();
+        let store = self.images.clone();
+        let verbose = req.verbose;
+        let (found, info) = self
+            .work
+            .blocking(move || {
+                let found = store.status(&image)?;
+                let info = match (&found, verbose) {
+                    (Some(r), true) => store.verbose_info(r).into_iter().collect(),
+                    _ => Default::default(),
+                };
+                Ok((found, info))
+            })
+            .await?;
         Ok(Response::new(cri::ImageStatusResponse {
             image: found.as_ref().map(to_cri_image),
             info,

@@ -136,7 +136,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(config)) {
+    let result = rt.block_on(run(config));
+    // Blocking work still running (an unpack, a runtime call) gets a bounded time to end,
+    // so that a stuck one cannot keep berthd from exiting.
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -30,10 +30,22 @@ const LIVENESS_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 struct Watched {
+    /// Whether the watcher thread still reads events; once it stopped nothing is quiet.
+    stopped: bool,
     /// Watch descriptor -> container ID.
     by_wd: HashMap<WatchDescriptor, String>,
+    /// Container ID -> its watch.
+    by_id: HashMap<String, WatchDescriptor>,
     /// Watched containers whose directory has seen no exit file since the watch began.
     quiet: HashSet<String>,
+}
+
+impl Watched {
+    /// The thread is gone: from now on every container's exit file is read.
+    fn stop(&mut self) {
+        self.stopped = true;
+        self.quiet.clear();
+    }
 }
 
 struct Shared {
@@ -87,12 +99,16 @@ impl ExitWatch {
         // Holding the lock while adding keeps the thread from handling an event of this
         // watch before it is mapped to its container.
         let mut w = lock(&shared.watched);
+        if w.stopped {
+            return false;
+        }
         match shared.inotify.add_watch(
             dir,
             AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_ONLYDIR,
         ) {
             Ok(wd) => {
                 w.by_wd.insert(wd, id.to_string());
+                w.by_id.insert(id.to_string(), wd);
                 w.quiet.insert(id.to_string());
                 true
             }
@@ -110,11 +126,16 @@ impl ExitWatch {
             .is_some_and(|s| lock(&s.watched).quiet.contains(id))
     }
 
-    /// Stops answering for container `id` (it is being removed). Its watch ends when its
-    /// directory is removed.
+    /// Stops watching container `id` (its exit is known, or it is being removed).
     pub(crate) fn forget(&self, id: &str) {
         if let Some(s) = &self.shared {
-            lock(&s.watched).quiet.remove(id);
+            let mut w = lock(&s.watched);
+            w.quiet.remove(id);
+            if let Some(wd) = w.by_id.remove(id) {
+                w.by_wd.remove(&wd);
+                // Fails harmlessly when the directory, and with it the watch, is gone.
+                let _ = s.inotify.rm_watch(wd);
+            }
         }
     }
 }
@@ -133,7 +154,7 @@ fn watch_loop(weak: Weak<Shared>) {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "exit watcher: poll failed; exit files are read on every call from now on");
-                lock(&shared.watched).quiet.clear();
+                lock(&shared.watched).stop();
                 return;
             }
         }
@@ -150,7 +171,7 @@ fn watch_loop(weak: Weak<Shared>) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "exit watcher: read failed; exit files are read on every call from now on");
-                    lock(&shared.watched).quiet.clear();
+                    lock(&shared.watched).stop();
                     return;
                 }
             }
@@ -165,9 +186,10 @@ fn handle_event(w: &mut Watched, ev: nix::sys::inotify::InotifyEvent) {
         return;
     }
     if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
-        // The watch is gone (directory removed or unmounted).
+        // The watch is gone (directory removed or unmounted, or `forget`).
         if let Some(id) = w.by_wd.remove(&ev.wd) {
             w.quiet.remove(&id);
+            w.by_id.remove(&id);
         }
         return;
     }
@@ -227,11 +249,27 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_watcher_answers_for_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = ExitWatch::start();
+        assert!(w.watch("c5", dir.path()));
+        lock(&w.shared.as_ref().unwrap().watched).stop();
+        assert!(!w.is_quiet("c5"));
+        assert!(!w.watch("c6", dir.path()), "no new watch once stopped");
+        assert!(!w.is_quiet("c6"));
+    }
+
+    #[test]
     fn forget_ends_quiet() {
         let dir = tempfile::tempdir().unwrap();
         let w = ExitWatch::start();
         assert!(w.watch("c4", dir.path()));
         w.forget("c4");
         assert!(!w.is_quiet("c4"));
+        let watched = lock(&w.shared.as_ref().unwrap().watched);
+        assert!(
+            watched.by_id.is_empty() && watched.by_wd.is_empty(),
+            "the watch is removed"
+        );
     }
 }

@@ -29,11 +29,7 @@ impl Work {
         &self,
         f: impl Future<Output = runtime_core::Result<T>> + Send + 'static,
     ) -> Result<T, Status> {
-        self.handle
-            .spawn(f)
-            .await
-            .map_err(|e| Status::internal(format!("operation task failed: {e}")))?
-            .status()
+        joined(self.handle.spawn(f).await)
     }
 
     /// Runs blocking `f` on the work runtime's blocking threads.
@@ -41,10 +37,12 @@ impl Work {
         &self,
         f: impl FnOnce() -> runtime_core::Result<T> + Send + 'static,
     ) -> Result<T, Status> {
-        self.handle
-            .spawn_blocking(f)
-            .await
-            .map_err(|e| Status::internal(format!("operation task failed: {e}")))?
-            .status()
+        joined(self.handle.spawn_blocking(f).await)
     }
+}
+
+/// The outcome of a finished work task as a gRPC result.
+fn joined<T>(r: Result<runtime_core::Result<T>, tokio::task::JoinError>) -> Result<T, Status> {
+    r.map_err(|e| Status::internal(format!("operation task failed: {e}")))?
+        .status()
 }

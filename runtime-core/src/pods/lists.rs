@@ -1,6 +1,6 @@
 //! ListPodSandbox and ListContainers, the calls kubelet makes every second.
 //!
-//! Besides the answers as messages, the service gives them already encoded: each entry
+//! The service gives the answers already encoded: each entry
 //! keeps the protobuf encoding of its list item (see `Entry::with_encoded`), so a list call
 //! copies bytes instead of cloning every ID, label and annotation into a message and
 //! encoding it again. A container's state is not part of its cached item (it changes
@@ -49,14 +49,6 @@ impl PodService {
         out.into_iter().map(|(_, e)| e).collect()
     }
 
-    /// ListPodSandbox.
-    pub fn list_pod_sandbox(&self, filter: Option<&cri::PodSandboxFilter>) -> Vec<cri::PodSandbox> {
-        self.listed_sandboxes(filter)
-            .iter()
-            .map(|e| e.with(sandbox_item))
-            .collect()
-    }
-
     /// ListPodSandbox's answer as an encoded ListPodSandboxResponse.
     pub fn list_pod_sandbox_encoded(&self, filter: Option<&cri::PodSandboxFilter>) -> Vec<u8> {
         let listed = self.listed_sandboxes(filter);
@@ -99,18 +91,6 @@ impl PodService {
             .collect();
         out.sort_by_key(|(created, _, _)| Reverse(*created));
         out.into_iter().map(|(_, e, state)| (e, state)).collect()
-    }
-
-    /// ListContainers.
-    pub fn list_containers(&self, filter: Option<&cri::ContainerFilter>) -> Vec<cri::Container> {
-        self.listed_containers(filter)
-            .iter()
-            .map(|(e, state)| {
-                let mut c = e.with(container_item);
-                c.state = *state as i32;
-                c
-            })
-            .collect()
     }
 
     /// ListContainers' answer as an encoded ListContainersResponse.

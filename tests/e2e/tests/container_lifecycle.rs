@@ -806,20 +806,16 @@ async fn list_containers_filters() -> Result<()> {
     // call asking about it (the exit is learned from the monitor's exit file).
     let e = env.sh_container("e", "sleep 0.3; exit 7");
     let e_id = env.run_container(&p2, &e, &pod2).await?;
-    let deadline = Instant::now() + EXIT_WAIT;
-    loop {
+    poll_until(EXIT_WAIT, "the exit in ListContainers", || async {
         let items = env.list_containers(Some(by_id(&e_id))).await?;
         assert_eq!(items.len(), 1, "{items:?}");
         if items[0].state == ContainerState::ContainerExited as i32 {
-            break;
+            return Ok(Some(()));
         }
         assert_eq!(items[0].state, ContainerState::ContainerRunning as i32);
-        assert!(
-            Instant::now() < deadline,
-            "the exit never showed in ListContainers"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Ok(None)
+    })
+    .await?;
     assert_eq!(env.container_status(&e_id).await?.exit_code, 7);
 
     // A pod's list item follows its state (its cached encoding is replaced on stop).

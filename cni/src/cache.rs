@@ -1,7 +1,8 @@
 //! The result cache, like libcni's: one file per attachment,
 //! `<cache_dir>/<network>-<container id>-<ifname>`, holding the ADD result together with the
 //! exact config list and arguments used, so CHECK and DEL get them after a restart even if
-//! the conf dir changed. Files are written atomically (temp file, fsync, rename).
+//! the conf dir changed. Files are written atomically (temp file, fsync, rename), or with
+//! the fsync left to the owner's sync hook.
 
 use std::fs;
 use std::io::Write;
@@ -13,6 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::conf::NetworkConfigList;
 use crate::error::CniError;
+use crate::network::SyncHook;
 
 /// The `kind` of entries this crate writes.
 const KIND: &str = "cniCacheV1";
@@ -78,14 +80,24 @@ pub(crate) struct Cached {
 }
 
 /// The cache directory.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ResultCache {
     dir: PathBuf,
+    sync: Option<SyncHook>,
+}
+
+impl std::fmt::Debug for ResultCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResultCache")
+            .field("dir", &self.dir)
+            .field("deferred_sync", &self.sync.is_some())
+            .finish()
+    }
 }
 
 impl ResultCache {
-    pub(crate) fn new(dir: PathBuf) -> ResultCache {
-        ResultCache { dir }
+    pub(crate) fn new(dir: PathBuf, sync: Option<SyncHook>) -> ResultCache {
+        ResultCache { dir, sync }
     }
 
     /// The file of one attachment. Network names, container IDs and interface names are
@@ -121,6 +133,11 @@ impl ResultCache {
                 .mode(0o600)
                 .open(&tmp)?;
             file.write_all(&bytes)?;
+            if let Some(sync) = &self.sync {
+                fs::rename(&tmp, &path)?;
+                sync(&path);
+                return Ok(());
+            }
             file.sync_all()?;
             fs::rename(&tmp, &path)?;
             fs::File::open(&self.dir)?.sync_all()
@@ -238,7 +255,7 @@ mod tests {
     #[test]
     fn write_find_read_remove() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = ResultCache::new(dir.path().join("results"));
+        let cache = ResultCache::new(dir.path().join("results"), None);
         assert_eq!(cache.find("c1", "eth0"), (vec![], vec![]), "missing dir");
         let args = vec![("K8S_POD_NAME".to_string(), "p".to_string())];
         let mut caps = Map::new();
@@ -315,9 +332,33 @@ mod tests {
     }
 
     #[test]
+    fn sync_hook_gets_the_written_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<PathBuf>::new()));
+        let hook: SyncHook = std::sync::Arc::new({
+            let seen = seen.clone();
+            move |p: &Path| {
+                // Called once the entry is in place under its final name.
+                assert!(p.is_file(), "{} not in place", p.display());
+                seen.lock().expect("lock").push(p.to_path_buf());
+            }
+        });
+        let cache = ResultCache::new(dir.path().join("results"), Some(hook));
+        let entry = CacheEntry::new(&list("n"), "c", "eth0", &[], &Map::new(), json!({}));
+        let path = cache.write(&entry).expect("write");
+        assert_eq!(*seen.lock().expect("lock"), vec![path.clone()]);
+        assert_eq!(cache.read(&path).expect("read"), Some(entry));
+        let names: Vec<_> = fs::read_dir(dir.path().join("results"))
+            .expect("readdir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("n-c-eth0")]);
+    }
+
+    #[test]
     fn unknown_kind_is_an_error() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cache = ResultCache::new(dir.path().to_path_buf());
+        let cache = ResultCache::new(dir.path().to_path_buf(), None);
         let mut entry = CacheEntry::new(&list("n"), "c", "eth0", &[], &Map::new(), json!({}));
         entry.kind = "cniCacheV9".into();
         let path = cache.write(&entry).expect("write");

@@ -32,7 +32,7 @@ pub use conf::{
     CONF_EXTENSIONS, ConfError, DirLoad, MAX_CONF_SIZE, NetworkConfigList, PluginConfig, load_dir,
 };
 pub use error::CniError;
-pub use network::{Cni, CniOptions};
+pub use network::{Cni, CniOptions, SyncHook};
 pub use result::{CniResult, Dns, Interface, IpConfig, Route};
 pub use runtime_config::{
     Bandwidth, CAP_BANDWIDTH, CAP_CGROUP_PATH, CAP_DNS, CAP_IP_RANGES, CAP_PORT_MAPPINGS,

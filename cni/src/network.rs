@@ -41,6 +41,10 @@ impl Default for CniOptions {
     }
 }
 
+/// Called with a result cache file just written and renamed into place, instead of an
+/// fsync before ADD returns: the caller makes it durable later (see [`Cni::with_sync_hook`]).
+pub type SyncHook = Arc<dyn Fn(&Path) + Send + Sync>;
+
 /// The CNI front end of the runtime. Cheap to clone; all clones share the loaded config.
 #[derive(Debug, Clone)]
 pub struct Cni {
@@ -76,13 +80,19 @@ struct Target {
 impl Cni {
     /// A CNI front end; nothing is read until [`Cni::network`] or an operation.
     pub fn new(opts: CniOptions) -> Cni {
+        Cni::with_sync_hook(opts, None)
+    }
+
+    /// Like [`Cni::new`]; with a hook, result cache files are handed to it once written
+    /// instead of being fsynced before ADD returns (libcni does not fsync them at all).
+    pub fn with_sync_hook(opts: CniOptions, sync: Option<SyncHook>) -> Cni {
         let usable: Vec<&PathBuf> = opts
             .bin_dirs
             .iter()
             .filter(|d| !d.as_os_str().as_encoded_bytes().contains(&b':'))
             .collect();
         let cni_path = std::env::join_paths(usable).unwrap_or_default();
-        let cache = ResultCache::new(opts.cache_dir.clone());
+        let cache = ResultCache::new(opts.cache_dir.clone(), sync);
         Cni {
             inner: Arc::new(Inner {
                 opts,

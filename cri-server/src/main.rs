@@ -204,7 +204,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let runtime_api = runtime::RuntimeApi::new(config_json, pods.clone(), work.clone());
     let runtime_server =
         fastlists::RuntimeServer::new(runtime_api, pods.clone(), MAX_MESSAGE_BYTES);
-    let image_api = image::ImageApi::new(images, pods, Arc::clone(&metrics), work);
+    let image_api = image::ImageApi::new(images, pods.clone(), Arc::clone(&metrics), work);
     let busy_poll = Duration::from_micros(config.grpc_busy_poll_us);
     let served_metrics = Arc::clone(&metrics);
     let shutdown = wait_stop();
@@ -273,6 +273,14 @@ async fn run(config: Config) -> anyhow::Result<()> {
     };
     if let Some(t) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+    }
+    // Records written just before the stop reach the disk before berthd says it stopped.
+    let flushed = {
+        let pods = pods.clone();
+        tokio::task::spawn_blocking(move || pods.flush_records(SHUTDOWN_GRACE)).await
+    };
+    if !matches!(flushed, Ok(true)) {
+        tracing::warn!("records written last may not be on disk yet");
     }
     if let Err(e) = std::fs::remove_file(&socket_path)
         && e.kind() != std::io::ErrorKind::NotFound

@@ -1,25 +1,46 @@
-//! Small filesystem helpers shared by the stores: atomic replacement of files and
-//! removal that tolerates absence.
+//! Small filesystem helpers shared by the stores: atomic replacement of files (durable at
+//! once, or made durable shortly after by a background queue) and removal that tolerates
+//! absence.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use crate::{Error, Result};
 
 /// Writes `data` to `path` so that a crash at any instant leaves either the old or the new
 /// content: write a temporary sibling, fsync it, rename it over `path`, fsync the directory.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_replacing(path, data, true)
+}
+
+/// Writes `data` to `path` through a temporary sibling renamed over it, without waiting
+/// for the disk: a crash of the process leaves the old or the new content (the page cache
+/// keeps both), a crash of the machine may lose the change. [`SyncQueue::write`] adds the
+/// fsync later.
+pub fn write_replace(path: &Path, data: &[u8]) -> Result<()> {
+    write_replacing(path, data, false)
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn write_replacing(path: &Path, data: &[u8], durable: bool) -> Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| Error::Internal(format!("{} has no parent directory", path.display())))?;
     let name = path
         .file_name()
         .ok_or_else(|| Error::Internal(format!("{} has no file name", path.display())))?;
+    // Unique per write: two writers of one file must not share a temporary file.
     let tmp = dir.join(format!(
-        ".tmp-{}-{}",
+        ".tmp-{}-{}-{}",
         name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| -> std::io::Result<()> {
         let mut f = fs::OpenOptions::new()
@@ -28,15 +49,126 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
             .truncate(true)
             .open(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        if durable {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(Error::io("write", path, e));
     }
     Ok(())
+}
+
+enum SyncMsg {
+    File(PathBuf),
+    Barrier(mpsc::Sender<()>),
+}
+
+/// Makes files durable shortly after they were written, on a thread of its own, so that a
+/// call whose answer does not depend on the disk does not wait for it (an fsync costs
+/// about half a millisecond on a virtual disk, several of them per pod start). Files are
+/// fsynced, then their directories (the renames); a file removed meanwhile is skipped.
+/// Paths queued together are synced once.
+#[derive(Clone)]
+pub struct SyncQueue {
+    tx: Arc<Mutex<mpsc::Sender<SyncMsg>>>,
+}
+
+impl std::fmt::Debug for SyncQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SyncQueue")
+    }
+}
+
+impl SyncQueue {
+    /// Starts the queue's thread. Without a thread (it could not be spawned) every file is
+    /// synced by the caller instead.
+    pub fn start() -> SyncQueue {
+        let (tx, rx) = mpsc::channel::<SyncMsg>();
+        let spawned = std::thread::Builder::new()
+            .name("berthd-fsync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut files = BTreeSet::new();
+                    let mut barriers = Vec::new();
+                    for msg in std::iter::once(first).chain(rx.try_iter()) {
+                        match msg {
+                            SyncMsg::File(p) => {
+                                files.insert(p);
+                            }
+                            SyncMsg::Barrier(done) => barriers.push(done),
+                        }
+                    }
+                    sync_files(&files);
+                    for done in barriers {
+                        let _ = done.send(());
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the fsync thread; files are synced inline");
+        }
+        SyncQueue {
+            tx: Arc::new(Mutex::new(tx)),
+        }
+    }
+
+    /// Queues `path` for an fsync of itself and of its directory.
+    pub fn schedule(&self, path: &Path) {
+        let sent = match self.tx.lock() {
+            Ok(tx) => tx.send(SyncMsg::File(path.to_path_buf())).is_ok(),
+            Err(_) => false,
+        };
+        if !sent {
+            sync_files(&BTreeSet::from([path.to_path_buf()]));
+        }
+    }
+
+    /// [`write_replace`], then [`SyncQueue::schedule`].
+    pub fn write(&self, path: &Path, data: &[u8]) -> Result<()> {
+        write_replace(path, data)?;
+        self.schedule(path);
+        Ok(())
+    }
+
+    /// Waits until everything queued before the call is on disk, or `timeout`; false when
+    /// it timed out.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (done_tx, done_rx) = mpsc::channel();
+        let sent = match self.tx.lock() {
+            Ok(tx) => tx.send(SyncMsg::Barrier(done_tx)).is_ok(),
+            Err(_) => false,
+        };
+        // Without a thread nothing is ever queued: everything was synced inline.
+        !sent || done_rx.recv_timeout(timeout).is_ok()
+    }
+}
+
+fn sync_files(files: &BTreeSet<PathBuf>) {
+    let mut dirs = BTreeSet::new();
+    for path in files {
+        match fs::File::open(path).and_then(|f| f.sync_all()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "fsync failed"),
+        }
+        if let Some(dir) = path.parent() {
+            dirs.insert(dir.to_path_buf());
+        }
+    }
+    for dir in dirs {
+        match fs::File::open(&dir).and_then(|d| d.sync_all()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %dir.display(), error = %e, "fsync failed"),
+        }
+    }
 }
 
 /// Removes a file or a directory tree; absence is not an error.
@@ -82,6 +214,43 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn write_replace_and_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SyncQueue::start();
+        let p = dir.path().join("r.json");
+        q.write(&p, b"one").unwrap();
+        // Visible at once, before any fsync.
+        assert_eq!(fs::read(&p).unwrap(), b"one");
+        q.write(&p, b"two").unwrap();
+        // A file removed before its turn is skipped, and so is a vanished directory.
+        let gone = dir.path().join("sub/gone.json");
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        q.write(&gone, b"x").unwrap();
+        fs::remove_dir_all(dir.path().join("sub")).unwrap();
+        assert!(q.flush(Duration::from_secs(10)));
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("r.json")]);
+        // Clones share the thread; the queue keeps working after a flush.
+        let q2 = q.clone();
+        q2.write(&p, b"three").unwrap();
+        assert!(q.flush(Duration::from_secs(10)));
+        assert_eq!(fs::read(&p).unwrap(), b"three");
+    }
+
+    #[test]
+    fn write_failure_names_the_file_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("missing/r.json");
+        let err = write_replace(&p, b"x").unwrap_err().to_string();
+        assert!(err.contains("missing/r.json"), "{err}");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -187,7 +187,11 @@ impl PodService {
             cleanup_bundle(&bundle, &dir);
             return Err(e);
         }
-        if let Err(e) = records::save(&self.container_record_path(&id), &rec) {
+        // Fsynced after the reply: lost in a crash of the machine, the container's
+        // directories are orphans that recovery removes, and kubelet, told it does not
+        // exist, creates another.
+        if let Err(e) = records::save_soon(&self.container_record_path(&id), &rec, &self.inner.sync)
+        {
             cleanup_bundle(&bundle, &dir);
             return Err(e);
         }
@@ -286,7 +290,9 @@ impl PodService {
         let spec = crate::oci::spec::build_spec(&inputs)?;
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| Error::Internal(format!("encode OCI spec: {e}")))?;
-        crate::fsutil::write_atomic(&rec.bundle.join("config.json"), &json)
+        // Read by the OCI runtime at start only, never after a reboot (a container is not
+        // started twice): no fsync.
+        crate::fsutil::write_replace(&rec.bundle.join("config.json"), &json)
     }
 
     /// StartContainer.
@@ -370,7 +376,9 @@ impl PodService {
         let mut r = entry.get();
         r.pid = created.pid;
         r.started_at_ns = started_at;
-        records::save(&self.container_record_path(&r.id), &r)?;
+        // Fsynced after the reply: lost in a crash of the machine, the container is
+        // recovered as created-never-started instead of exited, and its pod is not ready.
+        records::save_soon(&self.container_record_path(&r.id), &r, &self.inner.sync)?;
         entry.update(|x| *x = r);
         tracing::info!(container = %rec.id, pid = created.pid, "container started");
         Ok(())

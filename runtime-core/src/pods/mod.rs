@@ -174,6 +174,8 @@ pub(crate) struct Inner {
     pub(crate) exits: Mutex<HashMap<String, crate::monitor::ExitInfo>>,
     /// Which running containers have certainly not exited yet.
     pub(crate) exit_watch: exitwatch::ExitWatch,
+    /// Deferred fsyncs of records whose loss in a machine crash is harmless.
+    pub(crate) sync: crate::fsutil::SyncQueue,
 }
 
 /// Runs pods and containers.
@@ -211,9 +213,20 @@ impl PodService {
                 "no CAP_SYS_RESOURCE: container oom_score_adj values below {min_oom_score_adj} are clamped to it (like containerd's restrict_oom_score_adj)"
             );
         }
-        let cni = cni::Cni::new(opts.cni.clone());
+        let sync = crate::fsutil::SyncQueue::start();
+        // After a restart of berthd the page cache still has an ADD's cache entry; lost in
+        // a crash of the machine, DEL runs with the current network instead (as with no
+        // cache at all), which is how IPAM plugins release by container ID anyway.
+        let cni = cni::Cni::with_sync_hook(
+            opts.cni.clone(),
+            Some(Arc::new({
+                let sync = sync.clone();
+                move |p: &Path| sync.schedule(p)
+            })),
+        );
         let inner = Arc::new(Inner {
             cni,
+            sync,
             pod_cidr: Mutex::new(None),
             stats: stats::StatsCache::default(),
             exits: Mutex::new(HashMap::new()),
@@ -233,6 +246,11 @@ impl PodService {
         let svc = PodService { inner };
         svc.recover().await;
         Ok(svc)
+    }
+
+    /// Waits until every record written so far is on disk (or `timeout`; false then).
+    pub fn flush_records(&self, timeout: std::time::Duration) -> bool {
+        self.inner.sync.flush(timeout)
     }
 
     async fn recover(&self) {

@@ -128,11 +128,20 @@ impl ContainerRecord {
     }
 }
 
-/// Writes a record atomically.
+/// Writes a record atomically and durably: on disk when it returns.
 pub fn save<T: Serialize>(path: &Path, rec: &T) -> Result<()> {
-    let data = serde_json::to_vec(rec)
-        .map_err(|e| Error::Internal(format!("encode {}: {e}", path.display())))?;
-    fsutil::write_atomic(path, &data)
+    fsutil::write_atomic(path, &encode(path, rec)?)
+}
+
+/// Writes a record atomically and leaves the fsync to `sync`: for records whose loss in a
+/// crash of the machine (not of berthd, the page cache keeps them) is harmless, because
+/// the previous durable state is still correct to recover from. See docs/pods.md.
+pub fn save_soon<T: Serialize>(path: &Path, rec: &T, sync: &fsutil::SyncQueue) -> Result<()> {
+    sync.write(path, &encode(path, rec)?)
+}
+
+fn encode<T: Serialize>(path: &Path, rec: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(rec).map_err(|e| Error::Internal(format!("encode {}: {e}", path.display())))
 }
 
 /// Reads every `*.json` record in `dir` (skipping unreadable ones with a warning).

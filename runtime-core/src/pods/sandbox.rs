@@ -238,7 +238,8 @@ impl PodService {
             Ok(()) => tokio::task::spawn_blocking({
                 let path = path.clone();
                 let rec = done.clone();
-                move || finish_files_and_record(&path, &rec)
+                let sync = self.inner.sync.clone();
+                move || finish_files_and_record(&path, &rec, &sync)
             })
             .await
             .map_err(|e| Error::Internal(format!("save sandbox record task: {e}")))
@@ -591,7 +592,14 @@ fn pod_hostname(rec: &SandboxRecord) -> String {
 
 /// The last step of a RunPodSandbox that worked: the pod IP into /etc/hosts (a pod with
 /// its own network only; a hostNetwork pod keeps the node's file), then the ready record.
-fn finish_files_and_record(path: &Path, rec: &SandboxRecord) -> Result<()> {
+/// The record is fsynced after the reply: lost in a crash of the machine, the one saved
+/// before ADD (or, for a pod on the host network, none: its directory is an orphan) is what
+/// recovery finds, and it tears that pod down all the same.
+fn finish_files_and_record(
+    path: &Path,
+    rec: &SandboxRecord,
+    sync: &crate::fsutil::SyncQueue,
+) -> Result<()> {
     if rec.namespaces.network.is_some()
         && let Some(ip) = rec.ips.first()
     {
@@ -601,7 +609,7 @@ fn finish_files_and_record(path: &Path, rec: &SandboxRecord) -> Result<()> {
             tracing::warn!(pod = %rec.id, error = %e, "write /etc/hosts with the pod IP");
         }
     }
-    records::save(path, rec)
+    records::save_soon(path, rec, sync)
 }
 
 /// A record saved before ADD names no monitor or infra process: they were starting

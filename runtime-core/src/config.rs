@@ -80,6 +80,10 @@ pub struct RuntimeConfig {
     pub monitor_path: Option<PathBuf>,
     /// Cgroup parent for pods whose config sets none.
     pub default_cgroup_parent: String,
+    /// Whether a cgroup move by berthd precedes the OCI runtime's on container create, start
+    /// and exec, so that the runtime's does not wait for an RCU grace period (see
+    /// `cgroupwarm`).
+    pub cgroup_warmup: bool,
     /// Runtime handlers (RuntimeClass handler name → OCI runtime).
     pub handlers: std::collections::BTreeMap<String, HandlerConfig>,
 }
@@ -111,6 +115,7 @@ impl Default for RuntimeConfig {
             default_handler: "runc".to_string(),
             monitor_path: None,
             default_cgroup_parent: "/berth".to_string(),
+            cgroup_warmup: true,
             handlers,
         }
     }
@@ -291,6 +296,12 @@ default_handler = "runc"
 
 # Cgroup parent (cgroupfs) for pods whose config sets none.
 default_cgroup_parent = "/berth"
+
+# Before the OCI runtime moves a container's process into its cgroup (create, start,
+# exec), a berthd thread makes a move of its own that changes nothing (on cgroup v1 within
+# the cgroup above), so that the kernel's RCU grace period for the move (5-8 ms) has begun
+# before the runtime needs it. false: the runtime waits for it.
+cgroup_warmup = true
 
 # RuntimeClass handlers: name -> OCI runtime binary (absolute, or looked up in PATH).
 [runtime.handlers.runc]

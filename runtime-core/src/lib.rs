@@ -3,6 +3,7 @@
 //! and maps [`ErrorKind`] to a gRPC status in one place.
 
 pub mod cgroups;
+pub mod cgroupwarm;
 pub mod config;
 pub mod error;
 pub mod fsutil;

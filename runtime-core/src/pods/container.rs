@@ -108,6 +108,9 @@ impl PodService {
         sandbox_config: Option<cri::PodSandboxConfig>,
     ) -> Result<String> {
         let pod_entry = self.sandbox(pod_id)?;
+        // kubelet starts a container right after creating it: the grace period of the OCI
+        // runtime's cgroup move can pass meanwhile (see `cgroupwarm`).
+        self.inner.warmer.warm();
         let pod = pod_entry.get();
         if pod.state != SandboxState::Ready {
             return Err(Error::FailedPrecondition(format!(
@@ -298,6 +301,8 @@ impl PodService {
     /// StartContainer.
     pub async fn start_container(&self, id: &str) -> Result<()> {
         let entry = self.container(id)?;
+        // runc moves the container's init into its cgroup (see `cgroupwarm`).
+        self.inner.warmer.warm();
         let _op = entry.op.lock().await;
         let rec = entry.get();
         match self.lifecycle(&rec) {
@@ -603,6 +608,8 @@ impl PodService {
             return Err(Error::InvalidArgument("exec command is empty".into()));
         }
         let rec = self.container(id)?.get();
+        // runc exec moves the new process into the container's cgroup (see `cgroupwarm`).
+        self.inner.warmer.warm();
         if self.lifecycle(&rec) != Lifecycle::Running {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is not running",

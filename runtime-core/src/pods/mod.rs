@@ -94,6 +94,8 @@ pub struct PodServiceOptions {
     pub monitor_binary: PathBuf,
     /// Cgroup parent for pods without one.
     pub default_cgroup_parent: String,
+    /// Whether the cgroup warm-up runs (see `cgroupwarm`).
+    pub cgroup_warmup: bool,
     /// CNI settings.
     pub cni: cni::CniOptions,
 }
@@ -124,6 +126,7 @@ impl PodServiceOptions {
                 .clone()
                 .unwrap_or_else(|| exe_dir.join("berth-monitor")),
             default_cgroup_parent: config.runtime.default_cgroup_parent.clone(),
+            cgroup_warmup: config.runtime.cgroup_warmup,
             cni: cni::CniOptions {
                 conf_dir: config.cni.conf_dir.clone(),
                 bin_dirs: config.cni.bin_dirs.clone(),
@@ -176,6 +179,8 @@ pub(crate) struct Inner {
     pub(crate) exit_watch: exitwatch::ExitWatch,
     /// Deferred fsyncs of records whose loss in a machine crash is harmless.
     pub(crate) sync: crate::fsutil::SyncQueue,
+    /// Starts the kernel's grace period of a cgroup move before the OCI runtime's move.
+    pub(crate) warmer: crate::cgroupwarm::JoinWarmer,
 }
 
 /// Runs pods and containers.
@@ -203,6 +208,11 @@ impl PodService {
         // The shared default parent is created once and kept, so that removing one pod
         // never races with another pod creating its cgroup below it.
         let _ = cgroups.create(&opts.default_cgroup_parent)?;
+        let warmer = if opts.cgroup_warmup {
+            crate::cgroupwarm::JoinWarmer::start(&cgroups, &opts.default_cgroup_parent)
+        } else {
+            crate::cgroupwarm::JoinWarmer::off()
+        };
         let min_oom_score_adj = std::fs::read_to_string("/proc/self/oom_score_adj")
             .ok()
             .and_then(|s| s.trim().parse::<i64>().ok())
@@ -227,6 +237,7 @@ impl PodService {
         let inner = Arc::new(Inner {
             cni,
             sync,
+            warmer,
             pod_cidr: Mutex::new(None),
             stats: stats::StatsCache::default(),
             exits: Mutex::new(HashMap::new()),

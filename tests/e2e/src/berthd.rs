@@ -572,6 +572,16 @@ impl Drop for Berthd {
             self.log_path().display(),
             self.log_tail_filtered(lines)
         );
+        self.terminate();
+        self.cni.delete_bridge();
+    }
+}
+
+impl Berthd {
+    /// Stops berthd (SIGTERM, SIGKILL after 5 s) and waits for it; nothing when it is not
+    /// running. Its threads leave berth's cgroups with it (one sits in the default pod
+    /// parent: the cgroup warm-up), so test cgroups are removed after this.
+    pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
             let pid = Pid::from_raw(child.id() as i32);
             // Graceful first (lets berthd clean up), then SIGKILL.
@@ -583,6 +593,5 @@ impl Drop for Berthd {
                 let _ = child.wait();
             }
         }
-        self.cni.delete_bridge();
     }
 }

@@ -1233,7 +1233,9 @@ impl Drop for PodEnv {
             let _ = h.join();
         });
         // Cgroups below the unique parents this test registered, deepest first (rmdir only
-        // removes empty cgroups; anything berth left is reported by the tests' asserts).
+        // removes empty cgroups; anything berth left is reported by the tests' asserts),
+        // once berthd is gone (its warm-up thread lives in its default pod parent).
+        self.berthd.terminate();
         let parents = std::mem::take(
             &mut *self
                 .cgroup_parents

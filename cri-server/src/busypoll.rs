@@ -52,12 +52,14 @@ impl Spin {
         tokio::spawn(async move {
             loop {
                 while spin.now_us() < spin.until_us.load(Ordering::SeqCst) {
+                    // The runtime's other tasks first: the answer that started the spin
+                    // has yet to be written by the connection's task.
+                    tokio::task::yield_now().await;
                     // The client may be waiting for this CPU (to read the answer, to send
                     // its next call): without a sched_yield the scheduler lets the spinner
                     // run out its slice first (measured: a 0.12 ms status call took
                     // 0.30 ms whenever client and gRPC thread shared a CPU).
                     std::thread::yield_now();
-                    tokio::task::yield_now().await;
                 }
                 spin.running.store(false, Ordering::SeqCst);
                 // A call that finished between the last check and the store above saw a

@@ -130,7 +130,10 @@ fn container_item(r: &ContainerRecord) -> cri::Container {
             image: r.image_ref.clone(),
             ..Default::default()
         }),
-        image_ref: r.image_digest_ref.clone(),
+        // The image ID, as containerd answers here (ContainerStatus gives the digested
+        // reference): kubelets before 1.30 take it as the image in use for image GC,
+        // matching it against ListImages' IDs.
+        image_ref: r.image_id.clone(),
         state: cri::ContainerState::ContainerCreated as i32,
         created_at: r.created_at_ns,
         labels: r.config.labels.clone(),

@@ -14,7 +14,7 @@ use k8s_cri::v1 as cri;
 use nix::mount::MsFlags;
 
 use super::records::{self, ContainerRecord, SandboxState};
-use super::{Entry, PodService, lock, new_id, now_ns, release_name};
+use super::{PodService, lock, new_id, now_ns, release_name};
 use crate::monitor::{self, ExitInfo};
 use crate::ociruntime::ExecOutput;
 use crate::{Error, Result};
@@ -51,6 +51,7 @@ impl PodService {
         {
             lock(&self.inner.exits).insert(rec.id.clone(), *x);
             self.inner.exit_watch.forget(&rec.id);
+            self.inner.changes.bump();
         }
         l
     }
@@ -60,14 +61,23 @@ impl PodService {
     /// the file. Not for decisions that signal its process: the exit file may be a moment
     /// ahead of the watcher.
     pub(crate) fn lifecycle_for_listing(&self, rec: &ContainerRecord) -> Lifecycle {
+        self.listing_state(rec).0
+    }
+
+    /// [`Self::lifecycle_for_listing`], and whether that state can change only with a
+    /// change counted in `Changes` (a record update, an exit watch event): true unless the
+    /// container runs unwatched and its exit file had to be read.
+    pub(crate) fn listing_state(&self, rec: &ContainerRecord) -> (Lifecycle, bool) {
         if rec.start_error.is_none()
             && rec.started_at_ns > 0
             && !lock(&self.inner.exits).contains_key(&rec.id)
             && self.inner.exit_watch.is_quiet(&rec.id)
         {
-            return Lifecycle::Running;
+            return (Lifecycle::Running, true);
         }
-        self.lifecycle(rec)
+        let life = self.lifecycle(rec);
+        let stable = life != Lifecycle::Running;
+        (life, stable)
     }
 
     fn lifecycle_uncached(rec: &ContainerRecord) -> Lifecycle {
@@ -198,7 +208,7 @@ impl PodService {
             cleanup_bundle(&bundle, &dir);
             return Err(e);
         }
-        lock(&self.inner.containers).insert(id.clone(), Entry::new(rec));
+        self.inner.containers.insert(id.clone(), rec);
         guard.keep();
         tracing::info!(container = %id, pod = %pod_id, name = %meta.name, "container created");
         Ok(id)
@@ -497,7 +507,7 @@ impl PodService {
         crate::fsutil::remove_all(&self.container_record_path(&rec.id))?;
         lock(&self.inner.exits).remove(&rec.id);
         self.inner.exit_watch.forget(&rec.id);
-        lock(&self.inner.containers).remove(&rec.id);
+        self.inner.containers.remove(&rec.id);
         release_name(&self.inner, &name_key(&rec.pod_id, &rec.metadata()));
         tracing::info!(container = %rec.id, "container removed");
         Ok(())

@@ -21,7 +21,7 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
-use super::lock;
+use super::{Changes, lock};
 
 /// The name the monitors give exit files (see `ContainerRecord::exit_file`).
 const EXIT_FILE_NAME: &str = "exit.json";
@@ -51,6 +51,9 @@ impl Watched {
 struct Shared {
     inotify: Inotify,
     watched: Mutex<Watched>,
+    /// Bumped whenever a container stops being quiet: list answers cached while it was
+    /// quiet show it running.
+    changes: Changes,
 }
 
 /// Watches the directories of running containers for their exit files.
@@ -61,7 +64,7 @@ pub(crate) struct ExitWatch {
 impl ExitWatch {
     /// Starts the watcher thread; without inotify (no instance left, say) every container
     /// is simply never quiet and exit files are read as before.
-    pub(crate) fn start() -> ExitWatch {
+    pub(crate) fn start(changes: &Changes) -> ExitWatch {
         let inotify = match Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) {
             Ok(i) => i,
             Err(e) => {
@@ -72,6 +75,7 @@ impl ExitWatch {
         let shared = Arc::new(Shared {
             inotify,
             watched: Mutex::new(Watched::default()),
+            changes: changes.clone(),
         });
         let weak = Arc::downgrade(&shared);
         let started = std::thread::Builder::new()
@@ -136,6 +140,8 @@ impl ExitWatch {
                 // Fails harmlessly when the directory, and with it the watch, is gone.
                 let _ = s.inotify.rm_watch(wd);
             }
+            drop(w);
+            s.changes.bump();
         }
     }
 }
@@ -155,6 +161,7 @@ fn watch_loop(weak: Weak<Shared>) {
             Err(e) => {
                 tracing::warn!(error = %e, "exit watcher: poll failed; exit files are read on every call from now on");
                 lock(&shared.watched).stop();
+                shared.changes.bump();
                 return;
             }
         }
@@ -166,12 +173,15 @@ fn watch_loop(weak: Weak<Shared>) {
                     for ev in events {
                         handle_event(&mut w, ev);
                     }
+                    drop(w);
+                    shared.changes.bump();
                 }
                 Err(nix::errno::Errno::EAGAIN) => break,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "exit watcher: read failed; exit files are read on every call from now on");
                     lock(&shared.watched).stop();
+                    shared.changes.bump();
                     return;
                 }
             }
@@ -219,7 +229,8 @@ mod tests {
     fn an_exit_file_renamed_in_ends_quiet() {
         let dir = tempfile::tempdir().unwrap();
         let other = tempfile::tempdir().unwrap();
-        let w = ExitWatch::start();
+        let changes = Changes::default();
+        let w = ExitWatch::start(&changes);
         assert!(w.watch("c1", dir.path()));
         assert!(w.watch("c0", other.path()));
         assert!(w.is_quiet("c1"));
@@ -230,12 +241,18 @@ mod tests {
         std::fs::write(other.path().join(EXIT_FILE_NAME), b"{}").unwrap();
         wait_until("the later event", || !w.is_quiet("c0"));
         assert!(w.is_quiet("c1"), "a temporary file is not the exit file");
+        let before = changes.now();
         std::fs::rename(
             dir.path().join("exit.json.tmp"),
             dir.path().join(EXIT_FILE_NAME),
         )
         .unwrap();
         wait_until("the exit event", || !w.is_quiet("c1"));
+        // Cached list answers that showed it running are invalidated.
+        wait_until("the change to be counted", || changes.now() > before);
+        let before = changes.now();
+        w.forget("c0");
+        assert!(changes.now() > before, "forget counted");
     }
 
     #[test]
@@ -243,7 +260,7 @@ mod tests {
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("c2");
         std::fs::create_dir(&dir).unwrap();
-        let w = ExitWatch::start();
+        let w = ExitWatch::start(&Changes::default());
         assert!(!w.is_quiet("c2"));
         assert!(w.watch("c2", &dir));
         std::fs::remove_dir(&dir).unwrap();
@@ -255,7 +272,7 @@ mod tests {
     #[test]
     fn a_stopped_watcher_answers_for_nobody() {
         let dir = tempfile::tempdir().unwrap();
-        let w = ExitWatch::start();
+        let w = ExitWatch::start(&Changes::default());
         assert!(w.watch("c5", dir.path()));
         lock(&w.shared.as_ref().unwrap().watched).stop();
         assert!(!w.is_quiet("c5"));
@@ -266,7 +283,7 @@ mod tests {
     #[test]
     fn forget_ends_quiet() {
         let dir = tempfile::tempdir().unwrap();
-        let w = ExitWatch::start();
+        let w = ExitWatch::start(&Changes::default());
         assert!(w.watch("c4", dir.path()));
         w.forget("c4");
         assert!(!w.is_quiet("c4"));

@@ -6,6 +6,12 @@
 //! encoding it again. A container's state is not part of its cached item (it changes
 //! without its record changing) and is appended per call: protobuf allows fields in any
 //! order and a later field just adds to the message.
+//!
+//! The unfiltered answers (kubelet's relist) are kept whole with the change count they were
+//! built at (`Changes`: every record added, updated or removed, every exit the watcher
+//! sees) and sent again while the count stands, so a relist with nothing changed is one
+//! copy instead of a walk over every pod or container. A container that runs unwatched
+//! (its exit file is read on every call) keeps its list from being kept.
 
 use std::cmp::Reverse;
 use std::sync::{Arc, OnceLock};
@@ -16,7 +22,10 @@ use prost::encoding::{WireType, encode_key, encode_varint};
 
 use super::records::{ContainerRecord, SandboxRecord};
 use super::sandbox::sandbox_state;
-use super::{Entry, PodService, labels_match};
+use super::{Entry, PodService, labels_match, lock};
+
+/// Listed containers with the state each is answered with.
+type Listed = Vec<(Arc<Entry<ContainerRecord>>, cri::ContainerState)>;
 
 /// Field number of `items` in ListPodSandboxResponse and of `containers` in
 /// ListContainersResponse.
@@ -51,6 +60,21 @@ impl PodService {
 
     /// ListPodSandbox's answer as an encoded ListPodSandboxResponse.
     pub fn list_pod_sandbox_encoded(&self, filter: Option<&cri::PodSandboxFilter>) -> Vec<u8> {
+        if filter.is_some_and(|f| *f != cri::PodSandboxFilter::default()) {
+            return self.encode_sandboxes(filter);
+        }
+        let at = self.inner.changes.now();
+        if let Some((built, bytes)) = &lock(&self.inner.lists).sandboxes
+            && *built == at
+        {
+            return bytes.clone();
+        }
+        let bytes = self.encode_sandboxes(None);
+        lock(&self.inner.lists).sandboxes = Some((at, bytes.clone()));
+        bytes
+    }
+
+    fn encode_sandboxes(&self, filter: Option<&cri::PodSandboxFilter>) -> Vec<u8> {
         let listed = self.listed_sandboxes(filter);
         let mut out = Vec::with_capacity(listed.len() * 256);
         for e in &listed {
@@ -63,17 +87,18 @@ impl PodService {
     }
 
     /// The containers a ListContainers with `filter` (ID or ID prefix, pod ID or prefix,
-    /// state, label selector) returns with their CRI state, newest first.
-    fn listed_containers(
-        &self,
-        filter: Option<&cri::ContainerFilter>,
-    ) -> Vec<(Arc<Entry<ContainerRecord>>, cri::ContainerState)> {
+    /// state, label selector) returns with their CRI state, newest first, and whether every
+    /// state is one only a counted change can change (see `listing_state`).
+    fn listed_containers(&self, filter: Option<&cri::ContainerFilter>) -> (Listed, bool) {
+        let mut stable = true;
         let mut out: Vec<(i64, Arc<Entry<ContainerRecord>>, cri::ContainerState)> = self
             .container_entries()
             .into_iter()
             .filter_map(|e| {
                 let keep = e.with(|r| {
-                    let state = Self::cri_state(&self.lifecycle_for_listing(r));
+                    let (life, settled) = self.listing_state(r);
+                    stable &= settled;
+                    let state = Self::cri_state(&life);
                     let keep = match filter {
                         None => true,
                         Some(f) => {
@@ -90,12 +115,28 @@ impl PodService {
             })
             .collect();
         out.sort_by_key(|(created, _, _)| Reverse(*created));
-        out.into_iter().map(|(_, e, state)| (e, state)).collect()
+        let listed = out.into_iter().map(|(_, e, state)| (e, state)).collect();
+        (listed, stable)
     }
 
     /// ListContainers' answer as an encoded ListContainersResponse.
     pub fn list_containers_encoded(&self, filter: Option<&cri::ContainerFilter>) -> Vec<u8> {
-        let listed = self.listed_containers(filter);
+        if filter.is_some_and(|f| *f != cri::ContainerFilter::default()) {
+            return self.encode_containers(filter).0;
+        }
+        let at = self.inner.changes.now();
+        if let Some((built, bytes)) = &lock(&self.inner.lists).containers
+            && *built == at
+        {
+            return bytes.clone();
+        }
+        let (bytes, stable) = self.encode_containers(None);
+        lock(&self.inner.lists).containers = stable.then(|| (at, bytes.clone()));
+        bytes
+    }
+
+    fn encode_containers(&self, filter: Option<&cri::ContainerFilter>) -> (Vec<u8>, bool) {
+        let (listed, stable) = self.listed_containers(filter);
         let mut out = Vec::with_capacity(listed.len() * 384);
         for (e, state) in &listed {
             e.with_encoded(
@@ -103,7 +144,7 @@ impl PodService {
                 |_, item| put_item(&mut out, item, state_field(*state)),
             );
         }
-        out
+        (out, stable)
     }
 }
 
@@ -309,8 +350,32 @@ mod tests {
     }
 
     #[test]
+    fn every_table_and_entry_change_is_counted() {
+        let changes = super::super::Changes::default();
+        let table = super::super::Table::new(&changes);
+        let start = changes.now();
+        table.insert("a".into(), sandbox("a", SandboxState::Ready));
+        let added = changes.now();
+        assert!(added > start, "insert counted");
+        let e = table.read().get("a").cloned().expect("entry");
+        // Reading (and encoding for a list) changes nothing.
+        e.with_encoded(|r| sandbox_item(r).encode_to_vec(), |_, _| ());
+        assert!(e.get().id.starts_with('a'));
+        assert_eq!(changes.now(), added);
+        e.update(|r| r.state = SandboxState::NotReady);
+        let updated = changes.now();
+        assert!(updated > added, "update counted");
+        table.remove("a");
+        assert!(changes.now() > updated, "remove counted");
+        assert!(table.read().is_empty());
+    }
+
+    #[test]
     fn an_entry_update_drops_its_cached_encoding() {
-        let e = Entry::new(sandbox("c", SandboxState::Ready));
+        let e = Entry::new(
+            sandbox("c", SandboxState::Ready),
+            &super::super::Changes::default(),
+        );
         let enc = |r: &SandboxRecord| sandbox_item(r).encode_to_vec();
         let before = e.with_encoded(enc, |_, b| b.to_vec());
         e.update(|r| r.state = SandboxState::NotReady);

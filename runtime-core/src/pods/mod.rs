@@ -14,6 +14,7 @@ pub mod stats;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::cgroups::Layout;
@@ -24,10 +25,29 @@ use crate::{Error, Result};
 
 use records::{ContainerRecord, SandboxRecord};
 
+/// Counts the changes of anything a list call shows (records added, updated or removed,
+/// exits learned), so that a list answer built at one count is known to be still right
+/// while the count has not moved. Over-counting only costs a rebuild.
+#[derive(Clone, Default)]
+pub(crate) struct Changes(Arc<AtomicU64>);
+
+impl Changes {
+    /// Records a change; call it after the change is made.
+    pub(crate) fn bump(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The count now; read it before reading what it guards.
+    pub(crate) fn now(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// A pod or container: an operation lock and the data.
 pub struct Entry<T> {
     op: tokio::sync::Mutex<()>,
     data: Mutex<Slot<T>>,
+    changes: Changes,
 }
 
 /// An entry's data and its cached list-call encoding.
@@ -39,13 +59,14 @@ struct Slot<T> {
 }
 
 impl<T: Clone> Entry<T> {
-    fn new(v: T) -> Arc<Entry<T>> {
+    fn new(v: T, changes: &Changes) -> Arc<Entry<T>> {
         Arc::new(Entry {
             op: tokio::sync::Mutex::new(()),
             data: Mutex::new(Slot {
                 value: v,
                 encoded: None,
             }),
+            changes: changes.clone(),
         })
     }
 
@@ -73,10 +94,67 @@ impl<T: Clone> Entry<T> {
     }
 
     fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let mut slot = lock(&self.data);
-        slot.encoded = None;
-        f(&mut slot.value)
+        let out = {
+            let mut slot = lock(&self.data);
+            slot.encoded = None;
+            f(&mut slot.value)
+        };
+        self.changes.bump();
+        out
     }
+}
+
+/// Pods or containers by ID. Entries are added and removed only through it, so that every
+/// such change is counted in [`Changes`].
+pub(crate) struct Table<T> {
+    map: Mutex<HashMap<String, Arc<Entry<T>>>>,
+    changes: Changes,
+}
+
+impl<T: Clone> Table<T> {
+    fn new(changes: &Changes) -> Table<T> {
+        Table {
+            map: Mutex::new(HashMap::new()),
+            changes: changes.clone(),
+        }
+    }
+
+    /// Adds (or replaces) `id`.
+    pub(crate) fn insert(&self, id: String, value: T) {
+        let entry = Entry::new(value, &self.changes);
+        lock(&self.map).insert(id, entry);
+        self.changes.bump();
+    }
+
+    /// Removes `id`.
+    pub(crate) fn remove(&self, id: &str) {
+        lock(&self.map).remove(id);
+        self.changes.bump();
+    }
+
+    /// The entries, read-only, locked while the guard lives.
+    pub(crate) fn read(&self) -> TableRead<'_, T> {
+        TableRead(lock(&self.map))
+    }
+}
+
+/// A read-only view of a [`Table`].
+pub(crate) struct TableRead<'a, T>(std::sync::MutexGuard<'a, HashMap<String, Arc<Entry<T>>>>);
+
+impl<T> std::ops::Deref for TableRead<'_, T> {
+    type Target = HashMap<String, Arc<Entry<T>>>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+/// Unfiltered list answers, kept with the change count they were built at (see
+/// `lists.rs`).
+#[derive(Default)]
+pub(crate) struct ListSnapshots {
+    pub(crate) sandboxes: Option<(u64, Vec<u8>)>,
+    pub(crate) containers: Option<(u64, Vec<u8>)>,
 }
 
 /// Settings of the pod service.
@@ -161,8 +239,12 @@ pub(crate) struct Inner {
     pub(crate) opts: PodServiceOptions,
     pub(crate) images: ImageService,
     pub(crate) cgroups: Layout,
-    pub(crate) sandboxes: Mutex<HashMap<String, Arc<Entry<SandboxRecord>>>>,
-    pub(crate) containers: Mutex<HashMap<String, Arc<Entry<ContainerRecord>>>>,
+    pub(crate) sandboxes: Table<SandboxRecord>,
+    pub(crate) containers: Table<ContainerRecord>,
+    /// Counts what list calls show; shared by the tables, their entries and the exit watch.
+    pub(crate) changes: Changes,
+    /// The last unfiltered list answers.
+    pub(crate) lists: Mutex<ListSnapshots>,
     /// Reserved pod and container names, so concurrent creates cannot both take one.
     pub(crate) names: Mutex<HashSet<String>>,
     /// The lowest oom_score_adj berthd may give (no CAP_SYS_RESOURCE: its own value).
@@ -224,6 +306,7 @@ impl PodService {
             );
         }
         let sync = crate::fsutil::SyncQueue::start();
+        let changes = Changes::default();
         // After a restart of berthd the page cache still has an ADD's cache entry; lost in
         // a crash of the machine, DEL runs with the current network instead (as with no
         // cache at all), which is how IPAM plugins release by container ID anyway.
@@ -241,12 +324,14 @@ impl PodService {
             pod_cidr: Mutex::new(None),
             stats: stats::StatsCache::default(),
             exits: Mutex::new(HashMap::new()),
-            exit_watch: exitwatch::ExitWatch::start(),
+            exit_watch: exitwatch::ExitWatch::start(&changes),
             opts,
             images,
             cgroups,
-            sandboxes: Mutex::new(HashMap::new()),
-            containers: Mutex::new(HashMap::new()),
+            sandboxes: Table::new(&changes),
+            containers: Table::new(&changes),
+            changes,
+            lists: Mutex::new(ListSnapshots::default()),
             names: Mutex::new(HashSet::new()),
             min_oom_score_adj: if has_cap_sys_resource() {
                 -1000
@@ -270,20 +355,20 @@ impl PodService {
         let containers: Vec<ContainerRecord> =
             records::load_all(&inner.opts.root.join("containers").join("records"));
         let mut names = inner.names.lock().unwrap_or_else(|p| p.into_inner());
-        let mut sb_map = inner.sandboxes.lock().unwrap_or_else(|p| p.into_inner());
         for s in sandboxes {
             names.insert(sandbox::name_key(&s.metadata()));
-            sb_map.insert(s.id.clone(), Entry::new(s));
+            inner.sandboxes.insert(s.id.clone(), s);
         }
-        let mut c_map = inner.containers.lock().unwrap_or_else(|p| p.into_inner());
         for c in containers {
-            if !sb_map.contains_key(&c.pod_id) {
+            if !inner.sandboxes.read().contains_key(&c.pod_id) {
                 tracing::warn!(container = %c.id, pod = %c.pod_id, "container of an unknown pod; ignoring it");
                 continue;
             }
             names.insert(container::name_key(&c.pod_id, &c.metadata()));
-            c_map.insert(c.id.clone(), Entry::new(c));
+            inner.containers.insert(c.id.clone(), c);
         }
+        let sb_map = inner.sandboxes.read();
+        let c_map = inner.containers.read();
         tracing::info!(
             pods = sb_map.len(),
             containers = c_map.len(),
@@ -381,16 +466,18 @@ impl PodService {
     }
 
     pub(crate) fn sandbox(&self, id: &str) -> Result<Arc<Entry<SandboxRecord>>> {
-        lookup(&lock(&self.inner.sandboxes), id, "pod sandbox")
+        lookup(&self.inner.sandboxes.read(), id, "pod sandbox")
     }
 
     pub(crate) fn container(&self, id: &str) -> Result<Arc<Entry<ContainerRecord>>> {
-        lookup(&lock(&self.inner.containers), id, "container")
+        lookup(&self.inner.containers.read(), id, "container")
     }
 
     /// A snapshot of every pod record.
     pub(crate) fn all_sandboxes(&self) -> Vec<SandboxRecord> {
-        lock(&self.inner.sandboxes)
+        self.inner
+            .sandboxes
+            .read()
             .values()
             .map(|e| e.get())
             .collect()
@@ -398,24 +485,28 @@ impl PodService {
 
     /// Every container entry (shared, not copied).
     pub(crate) fn container_entries(&self) -> Vec<Arc<Entry<ContainerRecord>>> {
-        lock(&self.inner.containers).values().cloned().collect()
+        self.inner.containers.read().values().cloned().collect()
     }
 
     /// Every pod entry (shared, not copied).
     pub(crate) fn sandbox_entries(&self) -> Vec<Arc<Entry<SandboxRecord>>> {
-        lock(&self.inner.sandboxes).values().cloned().collect()
+        self.inner.sandboxes.read().values().cloned().collect()
     }
 
     /// A snapshot of every container record.
     pub(crate) fn all_containers(&self) -> Vec<ContainerRecord> {
-        lock(&self.inner.containers)
+        self.inner
+            .containers
+            .read()
             .values()
             .map(|e| e.get())
             .collect()
     }
 
     pub(crate) fn containers_of(&self, pod_id: &str) -> Vec<Arc<Entry<ContainerRecord>>> {
-        lock(&self.inner.containers)
+        self.inner
+            .containers
+            .read()
             .values()
             .filter(|e| e.get().pod_id == pod_id)
             .cloned()
@@ -424,7 +515,7 @@ impl PodService {
 
     /// The container using image `image_id`, if any (images in use are not removed).
     pub fn image_user(&self, image_id: &str) -> Option<String> {
-        let map = lock(&self.inner.containers);
+        let map = self.inner.containers.read();
         map.values()
             .map(|e| e.get())
             .find(|c| c.image_id == image_id)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use k8s_cri::v1 as cri;
 
 use super::records::{self, SandboxRecord, SandboxState};
-use super::{Entry, PodService, lock, new_id, now_ns, release_name};
+use super::{PodService, lock, new_id, now_ns, release_name};
 use crate::monitor;
 use crate::sandbox::{files, ns};
 use crate::{Error, Result};
@@ -250,7 +250,7 @@ impl PodService {
             self.abort_run(&mut done, add_ran).await;
             return Err(e);
         }
-        lock(&self.inner.sandboxes).insert(id.clone(), Entry::new(done));
+        self.inner.sandboxes.insert(id.clone(), done);
         guard.keep();
         tracing::info!(pod = %id, name = %meta.name, namespace = %meta.namespace, "pod sandbox ready");
         Ok(id)
@@ -499,7 +499,7 @@ impl PodService {
         }
         crate::fsutil::remove_all(&rec.dir)?;
         crate::fsutil::remove_all(&self.sandbox_record_path(&rec.id))?;
-        lock(&self.inner.sandboxes).remove(&rec.id);
+        self.inner.sandboxes.remove(&rec.id);
         release_name(&self.inner, &name_key(&rec.metadata()));
         tracing::info!(pod = %rec.id, "pod sandbox removed");
         Ok(())

@@ -805,16 +805,44 @@ async fn list_containers_filters() -> Result<()> {
     }
 
     // A running container that exits by itself shows up exited in the list, with no other
-    // call asking about it (the exit is learned from the monitor's exit file).
+    // call asking about it (the exit is learned from the monitor's exit file). The
+    // unfiltered list (kept whole between changes) is asked both ways kubelet and crictl
+    // ask it: no filter, and an empty one. A new container is in it at once.
+    let unfiltered = [None, Some(api::ContainerFilter::default())];
+    for f in &unfiltered {
+        env.list_containers(f.clone()).await?;
+    }
     let e = env.sh_container("e", "sleep 0.3; exit 7");
     let e_id = env.run_container(&p2, &e, &pod2).await?;
+    for f in &unfiltered {
+        let items = env.list_containers(f.clone()).await?;
+        assert!(items.iter().any(|i| i.id == e_id), "new container listed");
+    }
     poll_until(EXIT_WAIT, "the exit in ListContainers", || async {
-        let items = env.list_containers(Some(by_id(&e_id))).await?;
-        assert_eq!(items.len(), 1, "{items:?}");
-        if items[0].state == ContainerState::ContainerExited as i32 {
+        let mut states = Vec::new();
+        for f in [
+            Some(by_id(&e_id)),
+            None,
+            Some(api::ContainerFilter::default()),
+        ] {
+            let items = env.list_containers(f).await?;
+            let it = items.iter().find(|i| i.id == e_id).expect("listed");
+            states.push(it.state);
+        }
+        if states
+            .iter()
+            .all(|s| *s == ContainerState::ContainerExited as i32)
+        {
             return Ok(Some(()));
         }
-        assert_eq!(items[0].state, ContainerState::ContainerRunning as i32);
+        // Until every way of asking has seen the exit, each says running or exited.
+        for s in &states {
+            assert!(
+                *s == ContainerState::ContainerRunning as i32
+                    || *s == ContainerState::ContainerExited as i32,
+                "{states:?}"
+            );
+        }
         Ok(None)
     })
     .await?;
@@ -835,6 +863,15 @@ async fn list_containers_filters() -> Result<()> {
         env.stop_pod(p).await?;
         env.remove_pod(p).await?;
         env.assert_pod_gone(p, "").await;
+    }
+    for f in unfiltered {
+        let items = env.list_containers(f).await?;
+        assert!(
+            items
+                .iter()
+                .all(|i| i.pod_sandbox_id != p1 && i.pod_sandbox_id != p2),
+            "removed containers listed: {items:?}"
+        );
     }
     Ok(())
 }

@@ -489,26 +489,28 @@ pub fn docs(results: &Results) -> String {
 /// Where berth's time goes on the targets it misses, from profiling the request paths
 /// (docs/benchmarks.md). Kept next to the generator so a rerun keeps it with the figures.
 const BOUNDS: &str = "\
-- **Pod start (sequential).** StartContainer is one `runc run --detach` run by the pod
-  monitor and costs what runc alone costs for `create` + `start` (the floor table); timed
-  directly against the monitor's socket, the monitor adds nothing measurable. In
-  RunPodSandbox the CNI ADD (the bridge plugin, which runs host-local: two Go binaries per
-  pod) is about half; the namespaces are pinned while the pod cgroup is created and the
-  record saved (fsynced, so that a DEL runs after a crash), and the monitor start, the pod
-  files and /dev/shm run beside the ADD. What berth adds over the runc floor is then mostly
-  the ADD, CreateContainer's overlay mount and bundle, and fsynced record writes; a median
-  ratio of 0.4 needs that under about 14 ms. crun would cut the runc floor by about two
-  thirds but refuses this host's hybrid cgroup layout.
+- **Pod start (sequential).** Most of it is runc: StartContainer is one `runc run
+  --detach` run by the pod monitor, and the monitor adds nothing measurable. runc's move of
+  the container's init into its cgroup waits for an RCU grace period (5-8 ms here) unless
+  another cgroup move went just before; berthd makes a move that changes nothing when the
+  container is created and started, so that wait has passed when runc needs it (the floor
+  pays it, which is why berth's StartContainer can come out below the floor's create +
+  start). In RunPodSandbox the CNI ADD (the bridge plugin, which runs host-local: two Go
+  binaries per pod) is about half; the namespaces are pinned while the pod cgroup is
+  created and the record saved (fsynced, so that a DEL runs after a crash), and the monitor
+  start, the pod files and /dev/shm run beside the ADD. The records written after that are
+  fsynced after the reply (a crash of berthd loses none of them). crun would cut the runc
+  floor by about two thirds but refuses this host's hybrid cgroup layout.
 - **List and status calls.** The Version row is the floor of a call: no work, after the
   same kind of idle pause, it is the client's and the daemon's wake-ups on this virtual
-  machine plus HTTP/2 framing, and it is most of berth's list figures. What remains is
-  mostly copying and decoding the answer (about 40 KB for ListContainers with 100 pods),
-  which the client pays for both runtimes. berthd answers both lists from protobuf
-  encodings cached per pod and container, learns container exits by inotify (no system
-  call per container and call), and keeps its gRPC thread polling for 200 µs after each
-  answer, so the later calls of a burst skip the wake-up (ContainerStatus). When half of
-  containerd's time for a list is close to or below berth's Version time, no answer can
-  meet the 0.5 target on this machine.
+  machine plus the HTTP/2 and gRPC code path run on cold caches, and it is most of berth's
+  list figures. What remains is mostly moving and decoding the answer (about 40 KB for
+  ListContainers with 100 pods), which the client pays for both runtimes. berthd keeps
+  the unfiltered answers whole while nothing changes (a copy per call), learns container
+  exits by inotify, and keeps its gRPC thread polling for 200 µs after each answer, so the
+  later calls of a burst skip the wake-up (ListPodSandbox and ContainerStatus here, which
+  follow ListContainers). ListContainers is the first call of each round: for it to reach
+  0.5, berth's whole answer would have to cost about what its Version call costs.
 ";
 
 /// How the figures are made (docs/benchmarks.md).
@@ -553,8 +555,9 @@ const METHOD: &str = "\
   for every process, PSS divides them: PSS is the fair sum.
 - The floor is runc alone, timed by the bench between the sequential pods: `runc create`
   + `runc start` of busybox `sleep` in a prepared bundle (`runc spec`'s namespaces, a
-  cgroup of its own), and `runc kill KILL`, waiting for the exit, `runc delete`. No pod
-  start or teardown can be faster;
+  cgroup of its own), and `runc kill KILL`, waiting for the exit, `runc delete`: what a
+  runtime that does nothing but call runc would take (berth's cgroup warm-up takes part of
+  runc's own start time away, see below);
   \"adds\" is a runtime's median minus the floor's: the work that is the runtime's own
   (sandbox set-up, CNI, rootfs mounts, the monitor or shim, bookkeeping, gRPC).
 - Medians and 95th percentiles by nearest rank; ratios are berth / containerd.

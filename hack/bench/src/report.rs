@@ -510,8 +510,8 @@ const BOUNDS: &str = "\
   exits by inotify, and keeps its gRPC thread polling for 200 µs after each answer, so the
   later calls of a burst skip the wake-up (ListPodSandbox and ContainerStatus here, which
   follow ListContainers). ListContainers is the first call of each round and pays the
-  wake-ups: it is the figure closest to its target (0.47-0.49 in three full runs on this
-  machine), and a noisier machine can push it over.
+  wake-ups: it is the figure closest to its target (0.47 to 0.49 in the full runs made on
+  this machine so far), and a noisier machine can push it over.
 ";
 
 /// How the figures are made (docs/benchmarks.md).

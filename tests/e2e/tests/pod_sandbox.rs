@@ -1,7 +1,7 @@
 //! Pod sandboxes on the host: pinned namespaces, pod files, /dev/shm, the pod cgroup, the
 //! monitor and the infra process of a shared PID namespace; status, list filters, stop and
-//! remove (idempotent, nothing left behind), host namespaces, twenty pods at once, and the
-//! bad requests of RunPodSandbox.
+//! remove (idempotent, nothing left behind), host namespaces, twenty pods at once, the
+//! bad requests of RunPodSandbox, and where the cgroup warm-up thread lives.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -655,6 +655,67 @@ async fn bad_pod_requests() -> Result<()> {
         env.stop_pod(&p).await?;
         env.remove_pod(&p).await?;
         env.assert_pod_gone(&p, "").await;
+    }
+    Ok(())
+}
+
+/// The cgroup warm-up (see runtime-core/src/cgroupwarm.rs): on cgroup v1 one berthd
+/// thread, `berthd-cgwarm`, sits in berthd's default pod parent in the pids hierarchy while
+/// berthd runs; berthd itself stays where it was started, and the cgroup is empty (and
+/// removable) once berthd is gone. With `cgroup_warmup = false` no thread goes there.
+#[tokio::test(flavor = "multi_thread")]
+async fn cgroup_warmup_thread_sits_in_the_default_parent() -> Result<()> {
+    let Some(pids_root) = e2e::pods::cgroup_v1_root("pids") else {
+        println!("SKIP: no cgroup v1 pids hierarchy here (the v1 warm-up is what is checked)");
+        return Ok(());
+    };
+    for warm in [true, false] {
+        let parent = format!("/{}", unique("berth-e2e-warm"));
+        let opts = e2e::BerthdOptions {
+            extra_config: format!(
+                "\n[runtime]\ndefault_cgroup_parent = \"{parent}\"\ncgroup_warmup = {warm}\n"
+            ),
+            ..Default::default()
+        };
+        let mut berthd = e2e::Berthd::start(opts).await?;
+        let pid = berthd.pid().expect("berthd runs");
+        let tasks = pids_root.join(parent.trim_start_matches('/')).join("tasks");
+        let threads_there = || -> Vec<String> {
+            std::fs::read_to_string(&tasks)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|tid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/task/{}/comm", tid.trim()))
+                        .ok()
+                        .map(|c| c.trim().to_string())
+                })
+                .collect()
+        };
+        if warm {
+            poll_until(Duration::from_secs(10), "the warm-up thread", || async {
+                let names = threads_there();
+                if names.is_empty() {
+                    return Ok(None);
+                }
+                assert_eq!(names, vec!["berthd-cgwarm".to_string()], "{names:?}");
+                Ok(Some(()))
+            })
+            .await?;
+            let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+            assert!(!own.contains(&parent), "berthd itself moved: {own}");
+        } else {
+            // berthd answers calls, so its start (where the thread would move) is over.
+            berthd.cri().await?.version().await?;
+            assert!(threads_there().is_empty(), "{:?}", threads_there());
+        }
+        berthd.terminate();
+        let dirs = e2e::pods::cgroup_dirs_existing(&parent);
+        for d in &dirs {
+            std::fs::remove_dir(d).map_err(|e| {
+                anyhow::anyhow!("{} not removable once berthd is gone: {e}", d.display())
+            })?;
+        }
+        assert!(!dirs.is_empty(), "berthd created {parent}");
     }
     Ok(())
 }

@@ -136,10 +136,17 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(run(config));
+    let pods = std::sync::OnceLock::new();
+    let result = rt.block_on(run(config, &pods));
     // Blocking work still running (an unpack, a runtime call) gets a bounded time to end,
     // so that a stuck one cannot keep berthd from exiting.
     rt.shutdown_timeout(SHUTDOWN_GRACE);
+    // Then the records written last (by that work too) reach the disk.
+    if let Some(pods) = pods.get()
+        && !pods.flush_records(SHUTDOWN_GRACE)
+    {
+        tracing::warn!("records written last may not be on disk yet");
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -150,7 +157,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(
+    config: Config,
+    pods_slot: &std::sync::OnceLock<runtime_core::pods::PodService>,
+) -> anyhow::Result<()> {
     runtime_core::fsutil::create_private_dir(&config.root)?;
     runtime_core::fsutil::create_private_dir(&config.state)?;
     let images = ImageService::open(ImageServiceOptions {
@@ -169,6 +179,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         images.clone(),
     )
     .await?;
+    let _ = pods_slot.set(pods.clone());
     let metrics = Arc::new(metrics::Metrics::new());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -274,14 +285,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
     if let Some(t) = metrics_task {
         let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
     }
-    // Records written just before the stop reach the disk before berthd says it stopped.
-    let flushed = {
-        let pods = pods.clone();
-        tokio::task::spawn_blocking(move || pods.flush_records(SHUTDOWN_GRACE)).await
-    };
-    if !matches!(flushed, Ok(true)) {
-        tracing::warn!("records written last may not be on disk yet");
-    }
+
     if let Err(e) = std::fs::remove_file(&socket_path)
         && e.kind() != std::io::ErrorKind::NotFound
     {

@@ -16,12 +16,14 @@
 //! semaphore; a pid that does not exist fails before it.)
 //!
 //! On cgroup v1 the thread first moves into berth's default pod parent (created and kept by
-//! berth) in one hierarchy other than `memory`, `pids` if mounted, and then writes its thread
-//! ID to that cgroup's `tasks`: nothing outside berth's own cgroups is written. On v2 a
-//! single thread cannot leave its process's cgroup, so it writes berthd's process ID to the
-//! `cgroup.procs` of the cgroup berthd runs in. If a write fails (read-only cgroupfs, no
-//! permission) the warmer turns itself off and says so once; `runtime.cgroup_warmup =
-//! false` turns it off.
+//! berth) in the `pids` hierarchy, which sets no limit there, and then writes its thread ID
+//! to that cgroup's `tasks`: nothing outside berth's own cgroups is written (without a
+//! separate `pids` hierarchy the warm-up is off). On v2 a single thread cannot leave its
+//! process's cgroup, so before each write it looks up the cgroup berthd is in
+//! (`/proc/self/cgroup`) and writes berthd's process ID to that cgroup's `cgroup.procs` only
+//! if berthd is listed there, so the move is never a real one. If a write fails (read-only
+//! cgroupfs, no permission) or berthd is not where it should be, the warmer turns itself off
+//! and says so once; `runtime.cgroup_warmup = false` turns it off.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -38,25 +40,14 @@ pub struct WarmTarget {
 }
 
 /// Where the warmer writes on `layout`: v1, the `tasks` of berth's cgroup `parent` in the
-/// `pids` hierarchy, else in the first other hierarchy that is neither `memory` nor the
-/// hybrid layout's unified one; v2, the `cgroup.procs` of the cgroup berthd is in (`own`,
-/// as `/proc/self/cgroup` reads).
+/// `pids` hierarchy (none without one); v2, the `cgroup.procs` of the cgroup berthd is in
+/// (`own`, as `/proc/self/cgroup` reads).
 pub fn warm_target(layout: &Layout, parent: &str, own: &str) -> Option<WarmTarget> {
     match layout {
         Layout::V1 { hierarchies } => {
-            let names = |h: &PathBuf| -> Vec<String> {
-                h.file_name()
-                    .map(|n| n.to_string_lossy().split(',').map(str::to_string).collect())
-                    .unwrap_or_default()
-            };
-            let usable = |h: &&PathBuf| {
-                let n = names(h);
-                !n.is_empty() && !n.iter().any(|c| c == "memory" || c == "unified")
-            };
             let mount = hierarchies
                 .iter()
-                .find(|h| names(h) == ["pids"])
-                .or_else(|| hierarchies.iter().find(usable))?;
+                .find(|h| h.file_name().is_some_and(|n| n == "pids"))?;
             Some(WarmTarget {
                 file: inside(mount, parent)?.join("tasks"),
                 thread: true,
@@ -85,14 +76,23 @@ fn inside(mount: &Path, path: &str) -> Option<PathBuf> {
     })
 }
 
-/// Writes the calling thread's move to `target` (a no-op once it is there).
+/// Writes the calling thread's move to `target` (a no-op once it is there). For a process
+/// target (v2) the process must already be listed there: a real move is refused.
 pub fn move_to_own_cgroup(target: &WarmTarget) -> std::io::Result<()> {
     let id = if target.thread {
-        nix::unistd::gettid().as_raw()
+        nix::unistd::gettid().as_raw().to_string()
     } else {
-        std::process::id() as i32
+        let pid = std::process::id().to_string();
+        let listed = std::fs::read_to_string(&target.file)?;
+        if !listed.lines().any(|l| l.trim() == pid) {
+            return Err(std::io::Error::other(format!(
+                "berthd (pid {pid}) is not in {}",
+                target.file.display()
+            )));
+        }
+        pid
     };
-    std::fs::write(&target.file, id.to_string())
+    std::fs::write(&target.file, id)
 }
 
 /// Starts the grace period of a cgroup move ahead of the OCI runtime's (see the module
@@ -112,22 +112,35 @@ impl JoinWarmer {
     /// must exist), or returns one that does nothing when there is nowhere to write or the
     /// thread cannot be spawned.
     pub fn start(layout: &Layout, parent: &str) -> JoinWarmer {
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let Some(target) = warm_target(layout, parent, &own) else {
+        let own = || std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let Some(first) = warm_target(layout, parent, &own()) else {
             tracing::info!("cgroup warm-up off: no cgroup to write to");
             return JoinWarmer::off();
         };
+        let (layout, parent) = (layout.clone(), parent.to_string());
         // One pending request is enough: a move made after it was queued serves it.
         let (tx, rx) = mpsc::sync_channel::<()>(1);
         let spawned = std::thread::Builder::new()
             .name("berthd-cgwarm".into())
             .spawn(move || {
                 // The first write is the real move (v1), made before any container needs it.
-                if let Err(e) = move_to_own_cgroup(&target) {
-                    tracing::info!(file = %target.file.display(), error = %e, "cgroup warm-up off: cannot write there");
+                if let Err(e) = move_to_own_cgroup(&first) {
+                    tracing::info!(file = %first.file.display(), error = %e, "cgroup warm-up off: cannot write there");
                     return;
                 }
                 while rx.recv().is_ok() {
+                    // v2: berthd may have been moved since (v1: the thread stays put).
+                    let target = if first.thread {
+                        first.clone()
+                    } else {
+                        match warm_target(&layout, &parent, &own()) {
+                            Some(t) => t,
+                            None => {
+                                tracing::info!("cgroup warm-up off: berthd's cgroup is gone");
+                                return;
+                            }
+                        }
+                    };
                     if let Err(e) = move_to_own_cgroup(&target) {
                         tracing::info!(file = %target.file.display(), error = %e, "cgroup warm-up off: the no-op move failed");
                         return;
@@ -175,12 +188,14 @@ mod tests {
                 thread: true
             })
         );
-        let no_pids = v1(&["memory", "unified", "cpu,cpuacct"]);
         assert_eq!(
-            warm_target(&no_pids, "/a/b", "").map(|t| t.file),
-            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/a/b/tasks"))
+            warm_target(&all, "/a/b", "").map(|t| t.file),
+            Some(PathBuf::from("/sys/fs/cgroup/pids/a/b/tasks"))
         );
-        assert_eq!(warm_target(&v1(&["memory", "unified"]), "/berth", ""), None);
+        // Without a pids hierarchy of its own nothing is written (a thread would take on
+        // another hierarchy's limits).
+        let no_pids = v1(&["memory", "unified", "cpu,cpuacct", "pids,devices"]);
+        assert_eq!(warm_target(&no_pids, "/berth", ""), None);
         assert_eq!(warm_target(&all, "/../x", ""), None);
     }
 
@@ -201,6 +216,28 @@ mod tests {
             Some(PathBuf::from("/sys/fs/cgroup/cgroup.procs"))
         );
         assert_eq!(warm_target(&layout, "/berth", "garbage\n"), None);
+    }
+
+    /// A process target where the process is not listed is refused, never written.
+    #[test]
+    fn a_real_move_of_the_process_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let procs = dir.path().join("cgroup.procs");
+        std::fs::write(&procs, "1\n2\n").expect("write");
+        let target = WarmTarget {
+            file: procs.clone(),
+            thread: false,
+        };
+        let err = move_to_own_cgroup(&target).expect_err("refused");
+        assert!(err.to_string().contains("is not in"), "{err}");
+        assert_eq!(std::fs::read_to_string(&procs).expect("read"), "1\n2\n");
+        // Listed: the write goes through (here a plain file takes it).
+        std::fs::write(&procs, format!("1\n{}\n", std::process::id())).expect("write");
+        move_to_own_cgroup(&target).expect("no-op move");
+        assert_eq!(
+            std::fs::read_to_string(&procs).expect("read"),
+            std::process::id().to_string()
+        );
     }
 
     /// On this host (root, cgroup v1): a thread moves into a cgroup the test creates, a

@@ -303,9 +303,10 @@ impl PodService {
         let spec = crate::oci::spec::build_spec(&inputs)?;
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| Error::Internal(format!("encode OCI spec: {e}")))?;
-        // Read by the OCI runtime at start only, never after a reboot (a container is not
-        // started twice): no fsync.
-        crate::fsutil::write_replace(&rec.bundle.join("config.json"), &json)
+        // Read by the OCI runtime at start only, never after a crash (a bundle without a
+        // record is removed, and a container is not started twice): no fsync, no rename.
+        let path = rec.bundle.join("config.json");
+        std::fs::write(&path, &json).map_err(|e| Error::io("write", &path, e))
     }
 
     /// StartContainer.
@@ -392,7 +393,8 @@ impl PodService {
         r.pid = created.pid;
         r.started_at_ns = started_at;
         // Fsynced after the reply: lost in a crash of the machine, the container is
-        // recovered as created-never-started instead of exited, and its pod is not ready.
+        // recovered as created instead of exited (or, its record left unreadable, removed
+        // as an orphan), and its pod is not ready either way.
         records::save_soon(&self.container_record_path(&r.id), &r, &self.inner.sync)?;
         entry.update(|x| *x = r);
         tracing::info!(container = %rec.id, pid = created.pid, "container started");

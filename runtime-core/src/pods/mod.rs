@@ -351,9 +351,10 @@ impl PodService {
 
     async fn recover(&self) {
         let inner = &self.inner;
-        let sandboxes: Vec<SandboxRecord> = records::load_all(&inner.opts.root.join("sandboxes"));
+        let sandboxes: Vec<SandboxRecord> =
+            records::load_all(&inner.opts.root.join("sandboxes"), false);
         let containers: Vec<ContainerRecord> =
-            records::load_all(&inner.opts.root.join("containers").join("records"));
+            records::load_all(&inner.opts.root.join("containers").join("records"), true);
         let mut names = inner.names.lock().unwrap_or_else(|p| p.into_inner());
         for s in sandboxes {
             names.insert(sandbox::name_key(&s.metadata()));
@@ -376,9 +377,12 @@ impl PodService {
         );
         let known_pods: HashSet<String> = sb_map.keys().cloned().collect();
         let known_ctrs: HashSet<String> = c_map.keys().cloned().collect();
+        // Created ones too: a crash between runc's start and the start record leaves a
+        // running container recorded as created, whose exit must still be seen (list
+        // answers are kept while nothing is seen to change).
         let running: Vec<Arc<Entry<ContainerRecord>>> = c_map
             .values()
-            .filter(|e| e.with(|c| c.started_at_ns > 0 && c.start_error.is_none()))
+            .filter(|e| e.with(|c| c.start_error.is_none()))
             .cloned()
             .collect();
         drop((names, sb_map, c_map));
@@ -386,7 +390,7 @@ impl PodService {
             // Watch first, then look: an exit before the watch began is in the file.
             e.with(|c| {
                 if self.inner.exit_watch.watch(&c.id, &c.dir)
-                    && !matches!(self.lifecycle(c), container::Lifecycle::Running)
+                    && matches!(self.lifecycle(c), container::Lifecycle::Exited(_))
                 {
                     self.inner.exit_watch.forget(&c.id);
                 }

@@ -134,8 +134,9 @@ pub fn save<T: Serialize>(path: &Path, rec: &T) -> Result<()> {
 }
 
 /// Writes a record atomically and leaves the fsync to `sync`: for records whose loss in a
-/// crash of the machine (not of berthd, the page cache keeps them) is harmless, because
-/// the previous durable state is still correct to recover from. See docs/pods.md.
+/// crash of the machine (not of berthd, the page cache keeps them) is harmless. Such a
+/// crash can leave the file empty or cut (rename before fsync): recovery removes container
+/// records it cannot read (see `load_all`). See docs/pods.md.
 pub fn save_soon<T: Serialize>(path: &Path, rec: &T, sync: &fsutil::SyncQueue) -> Result<()> {
     sync.write(path, &encode(path, rec)?)
 }
@@ -144,8 +145,10 @@ fn encode<T: Serialize>(path: &Path, rec: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(rec).map_err(|e| Error::Internal(format!("encode {}: {e}", path.display())))
 }
 
-/// Reads every `*.json` record in `dir` (skipping unreadable ones with a warning).
-pub fn load_all<T: for<'de> Deserialize<'de>>(dir: &Path) -> Vec<T> {
+/// Reads every `*.json` record in `dir`, skipping unreadable ones with a warning; with
+/// `remove_unreadable` they are deleted too (records written with [`save_soon`], which a
+/// crash of the machine can leave empty).
+pub fn load_all<T: for<'de> Deserialize<'de>>(dir: &Path, remove_unreadable: bool) -> Vec<T> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -160,6 +163,10 @@ pub fn load_all<T: for<'de> Deserialize<'de>>(dir: &Path) -> Vec<T> {
             .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         {
             Ok(r) => out.push(r),
+            Err(err) if remove_unreadable => {
+                tracing::warn!(path = %p.display(), error = %err, "removing unreadable record");
+                let _ = std::fs::remove_file(&p);
+            }
             Err(err) => {
                 tracing::warn!(path = %p.display(), error = %err, "skipping unreadable record")
             }

@@ -238,8 +238,7 @@ impl PodService {
             Ok(()) => tokio::task::spawn_blocking({
                 let path = path.clone();
                 let rec = done.clone();
-                let sync = self.inner.sync.clone();
-                move || finish_files_and_record(&path, &rec, &sync)
+                move || finish_files_and_record(&path, &rec)
             })
             .await
             .map_err(|e| Error::Internal(format!("save sandbox record task: {e}")))
@@ -592,14 +591,10 @@ fn pod_hostname(rec: &SandboxRecord) -> String {
 
 /// The last step of a RunPodSandbox that worked: the pod IP into /etc/hosts (a pod with
 /// its own network only; a hostNetwork pod keeps the node's file), then the ready record.
-/// The record is fsynced after the reply: lost in a crash of the machine, the one saved
-/// before ADD (or, for a pod on the host network, none: its directory is an orphan) is what
-/// recovery finds, and it tears that pod down all the same.
-fn finish_files_and_record(
-    path: &Path,
-    rec: &SandboxRecord,
-    sync: &crate::fsutil::SyncQueue,
-) -> Result<()> {
+/// The record replaces the one saved before ADD, which names what DEL needs: it is
+/// durable before the reply (a rename not preceded by an fsync can leave an empty file
+/// after a crash of the machine on some filesystems, and the pod would be forgotten).
+fn finish_files_and_record(path: &Path, rec: &SandboxRecord) -> Result<()> {
     if rec.namespaces.network.is_some()
         && let Some(ip) = rec.ips.first()
     {
@@ -609,7 +604,7 @@ fn finish_files_and_record(
             tracing::warn!(pod = %rec.id, error = %e, "write /etc/hosts with the pod IP");
         }
     }
-    records::save_soon(path, rec, sync)
+    records::save(path, rec)
 }
 
 /// A record saved before ADD names no monitor or infra process: they were starting

@@ -510,8 +510,9 @@ const BOUNDS: &str = "\
   exits by inotify, and keeps its gRPC thread polling for 200 µs after each answer, so the
   later calls of a burst skip the wake-up (ListPodSandbox and ContainerStatus here, which
   follow ListContainers). ListContainers is the first call of each round and pays the
-  wake-ups: it is the figure closest to its target (0.47 to 0.49 in the full runs made on
-  this machine so far), and a noisier machine can push it over.
+  wake-ups: it is the figure closest to its target and crosses it from run to run here
+  (0.47 to 0.55 over five full runs, met in four: berth 0.35-0.44 ms, containerd 0.64-0.79
+  ms), moving with the machine's wake-up latency as much as with either runtime.
 ";
 
 /// How the figures are made (docs/benchmarks.md).

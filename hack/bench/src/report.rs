@@ -511,8 +511,9 @@ const BOUNDS: &str = "\
   later calls of a burst skip the wake-up (ListPodSandbox and ContainerStatus here, which
   follow ListContainers). ListContainers is the first call of each round and pays the
   wake-ups: it is the figure closest to its target and crosses it from run to run here
-  (0.47 to 0.55 over five full runs, met in four: berth 0.35-0.44 ms, containerd 0.64-0.79
-  ms), moving with the machine's wake-up latency as much as with either runtime.
+  (0.47 to 0.55 in six full runs on 22 November 2026, met in four: berth 0.35-0.44 ms,
+  containerd 0.64-0.79 ms), moving with the machine's wake-up latency as much as with
+  either runtime.
 ";
 
 /// How the figures are made (docs/benchmarks.md).

@@ -67,7 +67,8 @@ fn write_replacing(path: &Path, data: &[u8], durable: bool) -> Result<()> {
 
 enum SyncMsg {
     File(PathBuf),
-    Barrier(mpsc::Sender<()>),
+    /// Answered with whether every fsync since the previous barrier succeeded.
+    Barrier(mpsc::Sender<bool>),
 }
 
 /// Makes files durable shortly after they were written, on a thread of its own, so that a
@@ -94,6 +95,8 @@ impl SyncQueue {
         let spawned = std::thread::Builder::new()
             .name("berthd-fsync".into())
             .spawn(move || {
+                // Whether every fsync since the last barrier succeeded.
+                let mut all_synced = true;
                 while let Ok(first) = rx.recv() {
                     let mut files = BTreeSet::new();
                     let mut barriers = Vec::new();
@@ -105,9 +108,12 @@ impl SyncQueue {
                             SyncMsg::Barrier(done) => barriers.push(done),
                         }
                     }
-                    sync_files(&files);
-                    for done in barriers {
-                        let _ = done.send(());
+                    all_synced &= sync_files(&files);
+                    if !barriers.is_empty() {
+                        for done in barriers {
+                            let _ = done.send(all_synced);
+                        }
+                        all_synced = true;
                     }
                 }
             });
@@ -126,7 +132,7 @@ impl SyncQueue {
             Err(_) => false,
         };
         if !sent {
-            sync_files(&BTreeSet::from([path.to_path_buf()]));
+            let _ = sync_files(&BTreeSet::from([path.to_path_buf()]));
         }
     }
 
@@ -138,7 +144,7 @@ impl SyncQueue {
     }
 
     /// Waits until everything queued before the call is on disk, or `timeout`; false when
-    /// it timed out.
+    /// it timed out or an fsync failed (logged) since the previous flush.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (done_tx, done_rx) = mpsc::channel();
         let sent = match self.tx.lock() {
@@ -146,27 +152,43 @@ impl SyncQueue {
             Err(_) => false,
         };
         // Without a thread nothing is ever queued: everything was synced inline.
-        !sent || done_rx.recv_timeout(timeout).is_ok()
+        !sent || done_rx.recv_timeout(timeout) == Ok(true)
     }
 }
 
-fn sync_files(files: &BTreeSet<PathBuf>) {
-    let mut dirs = BTreeSet::new();
-    for path in files {
+/// Fsyncs `files`, then their directories; false when an fsync failed (a file or directory
+/// removed meanwhile is not a failure).
+fn sync_files(files: &BTreeSet<PathBuf>) -> bool {
+    let dirs: BTreeSet<PathBuf> = files
+        .iter()
+        .filter_map(|p| p.parent().map(Path::to_path_buf))
+        .collect();
+    let mut ok = true;
+    for path in files.iter().chain(dirs.iter()) {
         match fs::File::open(path).and_then(|f| f.sync_all()) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %path.display(), error = %e, "fsync failed"),
-        }
-        if let Some(dir) = path.parent() {
-            dirs.insert(dir.to_path_buf());
+            Err(e) => {
+                ok = false;
+                tracing::warn!(path = %path.display(), error = %e, "fsync failed");
+            }
         }
     }
-    for dir in dirs {
-        match fs::File::open(&dir).and_then(|d| d.sync_all()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(path = %dir.display(), error = %e, "fsync failed"),
+    ok
+}
+
+/// Removes the temporary files [`write_atomic`] and [`write_replace`] leave in `dir` when
+/// a crash interrupts them (`.tmp-*`); for start-up, before anything writes there.
+pub fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".tmp-")
+            && e.file_type().is_ok_and(|t| t.is_file())
+        {
+            tracing::info!(path = %e.path().display(), "removing a temporary file left by a crash");
+            let _ = fs::remove_file(e.path());
         }
     }
 }
@@ -242,6 +264,22 @@ mod tests {
         q2.write(&p, b"three").unwrap();
         assert!(q.flush(Duration::from_secs(10)));
         assert_eq!(fs::read(&p).unwrap(), b"three");
+    }
+
+    #[test]
+    fn stale_temps_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(".tmp-a.json-1-2"), b"cut").unwrap();
+        fs::write(dir.path().join("a.json"), b"{}").unwrap();
+        fs::create_dir(dir.path().join(".tmp-dir")).unwrap();
+        remove_stale_temps(dir.path());
+        let mut names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, vec![".tmp-dir".to_string(), "a.json".to_string()]);
+        remove_stale_temps(&dir.path().join("missing"));
     }
 
     #[test]

@@ -351,6 +351,12 @@ impl PodService {
 
     async fn recover(&self) {
         let inner = &self.inner;
+        for dir in [
+            inner.opts.root.join("sandboxes"),
+            inner.opts.root.join("containers").join("records"),
+        ] {
+            crate::fsutil::remove_stale_temps(&dir);
+        }
         let sandboxes: Vec<SandboxRecord> =
             records::load_all(&inner.opts.root.join("sandboxes"), false);
         let containers: Vec<ContainerRecord> =

@@ -7,7 +7,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::{Error, Result};
@@ -78,7 +78,7 @@ enum SyncMsg {
 /// Paths queued together are synced once.
 #[derive(Clone)]
 pub struct SyncQueue {
-    tx: Arc<Mutex<mpsc::Sender<SyncMsg>>>,
+    tx: mpsc::Sender<SyncMsg>,
 }
 
 impl std::fmt::Debug for SyncQueue {
@@ -120,18 +120,12 @@ impl SyncQueue {
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start the fsync thread; files are synced inline");
         }
-        SyncQueue {
-            tx: Arc::new(Mutex::new(tx)),
-        }
+        SyncQueue { tx }
     }
 
     /// Queues `path` for an fsync of itself and of its directory.
     pub fn schedule(&self, path: &Path) {
-        let sent = match self.tx.lock() {
-            Ok(tx) => tx.send(SyncMsg::File(path.to_path_buf())).is_ok(),
-            Err(_) => false,
-        };
-        if !sent {
+        if self.tx.send(SyncMsg::File(path.to_path_buf())).is_err() {
             let _ = sync_files(&BTreeSet::from([path.to_path_buf()]));
         }
     }
@@ -147,10 +141,7 @@ impl SyncQueue {
     /// it timed out or an fsync failed (logged) since the previous flush.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (done_tx, done_rx) = mpsc::channel();
-        let sent = match self.tx.lock() {
-            Ok(tx) => tx.send(SyncMsg::Barrier(done_tx)).is_ok(),
-            Err(_) => false,
-        };
+        let sent = self.tx.send(SyncMsg::Barrier(done_tx)).is_ok();
         // Without a thread nothing is ever queued: everything was synced inline.
         !sent || done_rx.recv_timeout(timeout) == Ok(true)
     }

@@ -498,8 +498,8 @@ const BOUNDS: &str = "\
   start). In RunPodSandbox the CNI ADD (the bridge plugin, which runs host-local: two Go
   binaries per pod) is about half; the namespaces are pinned while the pod cgroup is
   created and the record saved (fsynced, so that a DEL runs after a crash), and the monitor
-  start, the pod files and /dev/shm run beside the ADD. The records written after that are
-  fsynced after the reply (a crash of berthd loses none of them). crun would cut the runc
+  start, the pod files and /dev/shm run beside the ADD. Container records are fsynced
+  after the reply (a crash of berthd loses none of them). crun would cut the runc
   floor by about two thirds but refuses this host's hybrid cgroup layout.
 - **List and status calls.** The Version row is the floor of a call: no work, after the
   same kind of idle pause, it is the client's and the daemon's wake-ups on this virtual

@@ -22,7 +22,7 @@ use prost::encoding::{WireType, encode_key, encode_varint};
 
 use super::records::{ContainerRecord, SandboxRecord};
 use super::sandbox::sandbox_state;
-use super::{Entry, PodService, labels_match, lock};
+use super::{Entry, Kept, ListSnapshots, PodService, labels_match, lock};
 
 /// Listed containers with the state each is answered with.
 type Listed = Vec<(Arc<Entry<ContainerRecord>>, cri::ContainerState)>;
@@ -63,14 +63,24 @@ impl PodService {
         if filter.is_some_and(|f| *f != cri::PodSandboxFilter::default()) {
             return self.encode_sandboxes(filter);
         }
+        self.kept_or_built(|k| &mut k.sandboxes, || (self.encode_sandboxes(None), true))
+    }
+
+    /// The unfiltered answer kept in `slot` if nothing changed since it was built, else
+    /// `build`'s, kept when `build` says it can be.
+    fn kept_or_built(
+        &self,
+        slot: fn(&mut ListSnapshots) -> &mut Kept,
+        build: impl FnOnce() -> (Vec<u8>, bool),
+    ) -> Vec<u8> {
         let at = self.inner.changes.now();
-        if let Some((built, bytes)) = &lock(&self.inner.lists).sandboxes
+        if let Some((built, bytes)) = slot(&mut lock(&self.inner.lists))
             && *built == at
         {
             return bytes.clone();
         }
-        let bytes = self.encode_sandboxes(None);
-        lock(&self.inner.lists).sandboxes = Some((at, bytes.clone()));
+        let (bytes, keep) = build();
+        *slot(&mut lock(&self.inner.lists)) = keep.then(|| (at, bytes.clone()));
         bytes
     }
 
@@ -124,15 +134,7 @@ impl PodService {
         if filter.is_some_and(|f| *f != cri::ContainerFilter::default()) {
             return self.encode_containers(filter).0;
         }
-        let at = self.inner.changes.now();
-        if let Some((built, bytes)) = &lock(&self.inner.lists).containers
-            && *built == at
-        {
-            return bytes.clone();
-        }
-        let (bytes, stable) = self.encode_containers(None);
-        lock(&self.inner.lists).containers = stable.then(|| (at, bytes.clone()));
-        bytes
+        self.kept_or_built(|k| &mut k.containers, || self.encode_containers(None))
     }
 
     fn encode_containers(&self, filter: Option<&cri::ContainerFilter>) -> (Vec<u8>, bool) {

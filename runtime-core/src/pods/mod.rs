@@ -153,9 +153,12 @@ impl<T> std::ops::Deref for TableRead<'_, T> {
 /// `lists.rs`).
 #[derive(Default)]
 pub(crate) struct ListSnapshots {
-    pub(crate) sandboxes: Option<(u64, Vec<u8>)>,
-    pub(crate) containers: Option<(u64, Vec<u8>)>,
+    pub(crate) sandboxes: Kept,
+    pub(crate) containers: Kept,
 }
+
+/// A kept answer and the change count it was built at.
+pub(crate) type Kept = Option<(u64, Vec<u8>)>;
 
 /// Settings of the pod service.
 #[derive(Debug, Clone)]

@@ -55,7 +55,7 @@ pub struct AuthorityFix<S> {
     output: BytesMut,
     /// A HEADERS frame and its CONTINUATIONs while the block is incomplete.
     pending: Option<PendingBlock>,
-    decoder: loona_hpack::Decoder<'static>,
+    decoder: crate::hpack::Decoder,
     eof: bool,
 }
 
@@ -77,7 +77,10 @@ impl<S> AuthorityFix<S> {
             input: BytesMut::new(),
             output: BytesMut::new(),
             pending: None,
-            decoder: loona_hpack::Decoder::new(),
+            decoder: crate::hpack::Decoder::new(
+                crate::hpack::DEFAULT_TABLE_SIZE,
+                MAX_BUFFERED_FRAME,
+            ),
             eof: false,
         }
     }
@@ -491,6 +494,35 @@ mod tests {
             out.windows(10)
                 .any(|w| w == [0, 0, 1, 0, 1, 0, 0, 0, 1, 0xaa])
         );
+    }
+
+    /// grpc-go Huffman-codes literal values and indexes them: the rewrite decodes both.
+    #[tokio::test]
+    async fn rewrites_a_huffman_coded_indexed_authority() {
+        let mut b1 = vec![0x83, 0x86]; // :method POST, :scheme http
+        for (name_index, value) in [
+            (4u8, &b"/runtime.v1.RuntimeService/Version"[..]),
+            (1, b"/var/run/containerd/containerd.sock"),
+        ] {
+            let coded = crate::hpack::huffman_encode(value);
+            b1.push(0x40 | name_index);
+            b1.push(0x80 | u8::try_from(coded.len()).unwrap());
+            b1.extend(coded);
+        }
+        // The second request names both by their dynamic-table indexes.
+        let b2 = [0x83, 0x86, 0xbf, 0xbe];
+        let mut input = PREFACE.to_vec();
+        input.extend(headers_frame(1, FLAG_END_HEADERS, &b1));
+        input.extend(headers_frame(3, FLAG_END_HEADERS, &b2));
+        let blocks = decode_blocks(&run(input).await);
+        assert_eq!(blocks.len(), 2);
+        for b in &blocks {
+            assert!(b.contains(&(b":authority".to_vec(), b"localhost".to_vec())));
+            assert!(b.contains(&(
+                b":path".to_vec(),
+                b"/runtime.v1.RuntimeService/Version".to_vec()
+            )));
+        }
     }
 
     #[tokio::test]

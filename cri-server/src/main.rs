@@ -4,6 +4,7 @@
 mod authority;
 mod busypoll;
 mod fastlists;
+mod hpack;
 mod image;
 mod metrics;
 mod runtime;

@@ -329,3 +329,86 @@ async fn metrics_count_requests_errors_and_pulls() -> Result<()> {
     );
     Ok(())
 }
+
+/// kubelet and crictl up to 1.26 send the socket path as `:authority`, which the HTTP/2
+/// server under berth refuses on its own: berth rewrites it, on a connection whose later
+/// requests name their headers by dynamic-table index.
+#[tokio::test(flavor = "multi_thread")]
+async fn socket_path_authority_of_old_clients_is_served() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        out.extend_from_slice(&len[1..]);
+        out.extend([kind, flags]);
+        out.extend(stream.to_be_bytes());
+        out.extend_from_slice(payload);
+    }
+    fn literal(block: &mut Vec<u8>, s: &[u8]) {
+        block.push(u8::try_from(s.len()).unwrap());
+        block.extend_from_slice(s);
+    }
+
+    let berthd = Berthd::start(BerthdOptions::default()).await?;
+    let socket = berthd.socket();
+    // A first block that indexes every field, as grpc-go does, then one that refers to them.
+    let mut first = vec![0x83, 0x86, 0x44];
+    literal(&mut first, b"/runtime.v1.RuntimeService/Version");
+    first.push(0x41);
+    literal(&mut first, socket.as_os_str().as_encoded_bytes());
+    first.push(0x5f);
+    literal(&mut first, b"application/grpc");
+    first.push(0x40);
+    literal(&mut first, b"te");
+    literal(&mut first, b"trailers");
+    let second = [0x83, 0x86, 0xc1, 0xc0, 0xbf, 0xbe];
+    let request = [0, 0, 0, 0, 4, 0x0a, 0x02, b'v', b'1'];
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 4, 0, 0, &[]);
+    for (stream, block) in [(1u32, &first[..]), (3, &second[..])] {
+        frame(&mut out, 1, 0x4, stream, block);
+        frame(&mut out, 0, 0x1, stream, &request);
+    }
+    let mut conn = tokio::net::UnixStream::connect(&socket).await?;
+    conn.write_all(&out).await?;
+
+    let mut data: [Vec<u8>; 2] = [vec![], vec![]];
+    let mut ended = [false, false];
+    let read = async {
+        while !ended.iter().all(|e| *e) {
+            let mut head = [0u8; 9];
+            conn.read_exact(&mut head).await?;
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            conn.read_exact(&mut payload).await?;
+            anyhow::ensure!(
+                kind != 3 && kind != 7,
+                "berthd reset the stream or the connection (frame type {kind}, payload {payload:?})"
+            );
+            let slot = match stream {
+                1 => 0,
+                3 => 1,
+                _ => continue,
+            };
+            if kind == 0 {
+                data[slot].extend_from_slice(&payload);
+            }
+            if flags & 0x1 != 0 {
+                ended[slot] = true;
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer to both requests within 10 s"))??;
+    for (i, d) in data.iter().enumerate() {
+        assert!(
+            d.windows(5).any(|w| w == b"berth"),
+            "request {i}: the answer names the runtime: {d:?}"
+        );
+    }
+    Ok(())
+}

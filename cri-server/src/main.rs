@@ -8,6 +8,7 @@ mod hpack;
 mod image;
 mod metrics;
 mod runtime;
+mod serve;
 mod socket;
 mod status;
 mod work;
@@ -22,8 +23,6 @@ use k8s_cri::v1 as cri;
 use runtime_core::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
 use runtime_core::image::{ImageService, ImageServiceOptions};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_stream::StreamExt as _;
-use tokio_stream::wrappers::UnixListenerStream;
 
 /// How long in-flight RPCs may run after SIGTERM / SIGINT before they are cancelled.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -226,20 +225,17 @@ async fn run(
             .context("make the CRI socket non-blocking")?;
         let listener =
             tokio::net::UnixListener::from_std(listener).context("register the CRI socket")?;
-        tonic::transport::Server::builder()
-            .layer(busypoll::BusyPollLayer::new(busy_poll))
-            .layer(metrics::MetricsLayer::new(served_metrics))
-            .add_service(runtime_server)
-            .add_service(
-                cri::image_service_server::ImageServiceServer::new(image_api)
-                    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                    .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener)
-                    .map(|conn| conn.map(authority::AuthorityFix::new)),
-                shutdown,
-            )
+        let image_server = cri::image_service_server::ImageServiceServer::new(image_api)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let service = tower::Layer::layer(
+            &busypoll::BusyPollLayer::new(busy_poll),
+            tower::Layer::layer(
+                &metrics::MetricsLayer::new(served_metrics),
+                serve::Dispatch::new(runtime_server, image_server),
+            ),
+        );
+        serve::serve(listener, service, shutdown)
             .await
             .context("gRPC server failed")
     };

@@ -517,9 +517,9 @@ const BOUNDS: &str = "\
   answer, so the later calls of a burst skip the wake-up (ListPodSandbox and
   ContainerStatus here, which follow ListContainers). ListContainers is the first call of
   each round and pays the wake-ups: it is the figure closest to its target and crosses it
-  from run to run here (0.47 to 0.55 in nine full runs on 22 and 23 November 2026, met in
-  six: berth 0.35-0.44 ms, containerd 0.64-0.79 ms), moving with the machine's wake-up
-  latency as much as with either runtime.
+  from run to run here (0.47 to 0.55 in the ten full runs on 22 and 23 November 2026
+  before this table's, met in seven: berth 0.35-0.44 ms, containerd 0.64-0.79 ms), moving
+  with the machine's wake-up latency as much as with either runtime.
 ";
 
 /// How the figures are made (docs/benchmarks.md).

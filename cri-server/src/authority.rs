@@ -216,7 +216,7 @@ impl<S> AuthorityFix<S> {
             } else {
                 value
             };
-            encode_literal(&mut block, name, value);
+            crate::hpack::encode_literal(&mut block, name, value);
         }
         write_header_frames(&mut self.output, p.stream_id, p.end_stream, &block);
     }
@@ -240,35 +240,6 @@ fn headers_fragment(flags: u8, payload: &[u8]) -> Option<&[u8]> {
 /// True when `v` parses as a URI authority, as h2 requires.
 fn valid_authority(v: &[u8]) -> bool {
     http::uri::Authority::try_from(v).is_ok()
-}
-
-/// HPACK "literal header field without indexing — new name", no Huffman coding, so the
-/// server's dynamic table is never touched by re-encoded blocks.
-fn encode_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.push(0x00);
-    encode_string(out, name);
-    encode_string(out, value);
-}
-
-fn encode_string(out: &mut Vec<u8>, s: &[u8]) {
-    encode_integer(out, s.len(), 7, 0x00);
-    out.extend_from_slice(s);
-}
-
-/// HPACK integer with an N-bit prefix (RFC 7541 5.1).
-fn encode_integer(out: &mut Vec<u8>, mut value: usize, prefix_bits: u8, first_byte_flags: u8) {
-    let max = (1usize << prefix_bits) - 1;
-    if value < max {
-        out.push(first_byte_flags | value as u8);
-        return;
-    }
-    out.push(first_byte_flags | max as u8);
-    value -= max;
-    while value >= 128 {
-        out.push((value % 128 + 128) as u8);
-        value /= 128;
-    }
-    out.push(value as u8);
 }
 
 /// A HEADERS frame (plus CONTINUATIONs when the block is larger than one frame).
@@ -546,13 +517,7 @@ mod tests {
     }
 
     #[test]
-    fn integers_encode_per_rfc() {
-        let mut v = vec![];
-        encode_integer(&mut v, 10, 5, 0);
-        assert_eq!(v, [10]);
-        v.clear();
-        encode_integer(&mut v, 1337, 5, 0);
-        assert_eq!(v, [31, 154, 10]);
+    fn socket_paths_are_not_authorities() {
         assert!(valid_authority(b"localhost"));
         assert!(!valid_authority(b"/run/berth/berth.sock"));
     }

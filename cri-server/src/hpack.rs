@@ -1,4 +1,5 @@
-//! HPACK header block decoding (RFC 7541) for the `:authority` rewrite (see `authority`).
+//! HPACK (RFC 7541) for the `:authority` rewrite (see `authority`): decoding the client's header
+//! blocks, and the plain literals the rewritten blocks are written in.
 //!
 //! A rewriting connection decodes the header block of every request. The HPACK crates at
 //! hand decode each Huffman-coded string by first building a hash map of all 257 codes:
@@ -281,6 +282,35 @@ pub fn huffman_decode(input: &[u8]) -> Result<Vec<u8>, DecodeError> {
         return Err(DecodeError::Huffman);
     }
     Ok(out)
+}
+
+/// Appends a "literal header field without indexing, new name", not Huffman-coded: a
+/// block of these leaves the decoder's dynamic table as it is.
+pub fn encode_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(0x00);
+    encode_string(out, name);
+    encode_string(out, value);
+}
+
+fn encode_string(out: &mut Vec<u8>, s: &[u8]) {
+    encode_integer(out, s.len(), 7, 0x00);
+    out.extend_from_slice(s);
+}
+
+/// Appends an integer with a `prefix_bits`-bit prefix (RFC 7541 5.1).
+pub fn encode_integer(out: &mut Vec<u8>, mut value: usize, prefix_bits: u8, first_byte_flags: u8) {
+    let max = (1usize << prefix_bits) - 1;
+    if value < max {
+        out.push(first_byte_flags | value as u8);
+        return;
+    }
+    out.push(first_byte_flags | max as u8);
+    value -= max;
+    while value >= 128 {
+        out.push((value % 128 + 128) as u8);
+        value /= 128;
+    }
+    out.push(value as u8);
 }
 
 /// RFC 7541 Appendix A.
@@ -651,28 +681,13 @@ mod tests {
         Decoder::new(DEFAULT_TABLE_SIZE, 1 << 20)
     }
 
-    fn put_integer(out: &mut Vec<u8>, mut v: usize, prefix: u8, flags: u8) {
-        let max = (1usize << prefix) - 1;
-        if v < max {
-            out.push(flags | v as u8);
-            return;
-        }
-        out.push(flags | max as u8);
-        v -= max;
-        while v >= 128 {
-            out.push((v % 128 + 128) as u8);
-            v /= 128;
-        }
-        out.push(v as u8);
-    }
-
     fn put_string(out: &mut Vec<u8>, s: &[u8], huffman: bool) {
         if huffman {
             let h = huffman_encode(s);
-            put_integer(out, h.len(), 7, 0x80);
+            encode_integer(out, h.len(), 7, 0x80);
             out.extend(h);
         } else {
-            put_integer(out, s.len(), 7, 0);
+            encode_integer(out, s.len(), 7, 0);
             out.extend_from_slice(s);
         }
     }
@@ -801,7 +816,7 @@ mod tests {
             let mut block = vec![];
             if round % 50 == 7 {
                 // The other decoder refuses a block that is only a size update.
-                put_integer(&mut block, (next() % 4097) as usize, 5, 0x20);
+                encode_integer(&mut block, (next() % 4097) as usize, 5, 0x20);
                 block.push(0x82);
             }
             for _ in 0..(next() % 8) {
@@ -811,14 +826,14 @@ mod tests {
                 let value: Vec<u8> = (0..next() % 300).map(|_| next() as u8).collect();
                 let huff = next() % 2 == 0;
                 match next() % 5 {
-                    0 => put_integer(&mut block, 1 + (next() % 61) as usize, 7, 0x80),
+                    0 => encode_integer(&mut block, 1 + (next() % 61) as usize, 7, 0x80),
                     1 => {
                         block.push(0x40);
                         put_string(&mut block, &name, huff);
                         put_string(&mut block, &value, !huff);
                     }
                     2 => {
-                        put_integer(&mut block, 1 + (next() % 61) as usize, 6, 0x40);
+                        encode_integer(&mut block, 1 + (next() % 61) as usize, 6, 0x40);
                         put_string(&mut block, &value, huff);
                     }
                     3 => {
@@ -829,7 +844,7 @@ mod tests {
                     _ => {
                         let dynamic = d.dynamic.len();
                         if dynamic > 0 {
-                            put_integer(&mut block, 62 + (next() as usize % dynamic), 7, 0x80);
+                            encode_integer(&mut block, 62 + (next() as usize % dynamic), 7, 0x80);
                         }
                     }
                 }
@@ -850,6 +865,33 @@ mod tests {
             errors < 30,
             "{errors} of 300 blocks refused: the test decodes too little"
         );
+    }
+
+    #[test]
+    fn integers_encode_per_rfc() {
+        let mut v = vec![];
+        encode_integer(&mut v, 10, 5, 0);
+        assert_eq!(v, [10]);
+        v.clear();
+        encode_integer(&mut v, 1337, 5, 0);
+        assert_eq!(v, [31, 154, 10]);
+        assert_eq!(Reader { buf: &v, pos: 0 }.integer(5), Ok(1337));
+    }
+
+    #[test]
+    fn literals_decode_as_written_and_leave_the_table_alone() {
+        let mut block = vec![];
+        encode_literal(&mut block, b":authority", b"localhost");
+        encode_literal(&mut block, b"x-long", &[b'v'; 300]);
+        let mut d = decoder();
+        assert_eq!(
+            d.decode(&block).unwrap(),
+            vec![
+                (b":authority".to_vec(), b"localhost".to_vec()),
+                (b"x-long".to_vec(), vec![b'v'; 300]),
+            ]
+        );
+        assert!(d.dynamic.is_empty());
     }
 
     #[test]
@@ -881,7 +923,7 @@ mod tests {
         assert_eq!(huffman_decode(&[0x1f]).unwrap(), b"a");
         // Size updates: above the limit, and after a field.
         let mut above = vec![];
-        put_integer(&mut above, DEFAULT_TABLE_SIZE + 1, 5, 0x20);
+        encode_integer(&mut above, DEFAULT_TABLE_SIZE + 1, 5, 0x20);
         assert_eq!(
             decoder().decode(&above),
             Err(DecodeError::TableSize(

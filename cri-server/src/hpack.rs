@@ -1,5 +1,5 @@
-//! HPACK (RFC 7541) for the `:authority` rewrite (see `authority`): decoding the client's header
-//! blocks, and the plain literals the rewritten blocks are written in.
+//! HPACK (RFC 7541) for the `:authority` rewrite (see `authority`): decoding the
+//! client's header blocks, and the plain literals the rewritten blocks are written in.
 //!
 //! A rewriting connection decodes the header block of every request. The HPACK crates at
 //! hand decode each Huffman-coded string by first building a hash map of all 257 codes:

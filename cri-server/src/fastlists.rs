@@ -1,11 +1,14 @@
-//! ListPodSandbox and ListContainers answered from the pod service's cached encodings.
+//! ListPodSandbox, ListContainers and ContainerStatus answered from the pod service's
+//! cached encodings.
 //!
 //! The generated RuntimeService server decodes, calls the handler and encodes a message
-//! built field by field; for kubelet's once-a-second relist of every pod and container
-//! that means cloning and encoding every ID, label and annotation each time. This wrapper
-//! routes those two methods to the same gRPC unary machinery (decoding, size limits,
-//! status codes, framing) with a response type that carries already-encoded bytes, and
-//! passes every other call to the generated server unchanged.
+//! built field by field; for kubelet's once-a-second relist of every pod and container,
+//! and the status calls that follow it, that means cloning and encoding every ID, label,
+//! annotation and mount each time. This wrapper routes those methods to the same gRPC
+//! unary machinery (decoding, size limits, status codes, framing) with a response type
+//! that carries already-encoded bytes, and passes every other call to the generated
+//! server unchanged. A verbose ContainerStatus (with `info`) is built and encoded per
+//! call.
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -18,9 +21,11 @@ use tonic::server::{NamedService, UnaryService};
 use tonic_prost::ProstCodec;
 
 use crate::runtime::RuntimeApi;
+use crate::status::IntoStatus;
 
 const LIST_POD_SANDBOX: &str = "/runtime.v1.RuntimeService/ListPodSandbox";
 const LIST_CONTAINERS: &str = "/runtime.v1.RuntimeService/ListContainers";
+const CONTAINER_STATUS: &str = "/runtime.v1.RuntimeService/ContainerStatus";
 
 /// A protobuf message that is already encoded: sent as is.
 #[derive(Clone, Default, PartialEq)]
@@ -83,7 +88,7 @@ impl RuntimeServer {
     fn serve_encoded<Req, B>(
         &self,
         req: http::Request<B>,
-        answer: fn(&PodService, Req) -> Vec<u8>,
+        answer: fn(&PodService, Req) -> Result<Vec<u8>, tonic::Status>,
     ) -> BoxFuture<'static, Result<http::Response<tonic::body::Body>, Infallible>>
     where
         Req: prost::Message + Default + Send + 'static,
@@ -110,7 +115,7 @@ impl NamedService for RuntimeServer {
 /// A list call answered by `answer` with already-encoded bytes.
 struct EncodedAnswer<Req> {
     pods: PodService,
-    answer: fn(&PodService, Req) -> Vec<u8>,
+    answer: fn(&PodService, Req) -> Result<Vec<u8>, tonic::Status>,
 }
 
 impl<Req: Send + 'static> UnaryService<Req> for EncodedAnswer<Req> {
@@ -118,8 +123,8 @@ impl<Req: Send + 'static> UnaryService<Req> for EncodedAnswer<Req> {
     type Future = std::future::Ready<Result<tonic::Response<Encoded>, tonic::Status>>;
 
     fn call(&mut self, request: tonic::Request<Req>) -> Self::Future {
-        let bytes = (self.answer)(&self.pods, request.into_inner());
-        std::future::ready(Ok(tonic::Response::new(Encoded(bytes))))
+        let answer = (self.answer)(&self.pods, request.into_inner());
+        std::future::ready(answer.map(|bytes| tonic::Response::new(Encoded(bytes))))
     }
 }
 
@@ -139,10 +144,21 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         match req.uri().path() {
             LIST_POD_SANDBOX => self.serve_encoded(req, |pods, r: cri::ListPodSandboxRequest| {
-                pods.list_pod_sandbox_encoded(r.filter.as_ref())
+                Ok(pods.list_pod_sandbox_encoded(r.filter.as_ref()))
             }),
             LIST_CONTAINERS => self.serve_encoded(req, |pods, r: cri::ListContainersRequest| {
-                pods.list_containers_encoded(r.filter.as_ref())
+                Ok(pods.list_containers_encoded(r.filter.as_ref()))
+            }),
+            CONTAINER_STATUS => self.serve_encoded(req, |pods, r: cri::ContainerStatusRequest| {
+                if r.verbose {
+                    let (status, info) = pods.container_status(&r.container_id, true).status()?;
+                    let answer = cri::ContainerStatusResponse {
+                        status: Some(status),
+                        info,
+                    };
+                    return Ok(prost::Message::encode_to_vec(&answer));
+                }
+                pods.container_status_encoded(&r.container_id).status()
             }),
             _ => tower::Service::call(&mut self.generated, req),
         }

@@ -531,67 +531,14 @@ impl PodService {
     ) -> Result<(cri::ContainerStatus, HashMap<String, String>)> {
         let rec = self.container(id)?.get();
         let life = self.lifecycle_for_listing(&rec);
-        let (finished_at, exit_code, reason, message) = match &life {
-            Lifecycle::Exited(x) => {
-                let reason = if rec.start_error.is_some() {
-                    "Error"
-                } else if x.oom_killed {
-                    "OOMKilled"
-                } else if x.exit_code == 0 {
-                    "Completed"
-                } else {
-                    "Error"
-                };
-                (
-                    x.finished_at_ns,
-                    x.exit_code,
-                    reason.to_string(),
-                    rec.start_error.clone().unwrap_or_default(),
-                )
-            }
-            _ => (0, 0, String::new(), String::new()),
-        };
-        let status = cri::ContainerStatus {
-            id: rec.id.clone(),
-            metadata: Some(rec.metadata()),
-            state: Self::cri_state(&life) as i32,
-            created_at: rec.created_at_ns,
-            // A process that exits before the runtime call that started it returns has a
-            // recorded start after its exit; the start cannot be later than the exit.
-            started_at: match (&rec.start_error, &life) {
-                (Some(_), _) => 0,
-                (None, Lifecycle::Exited(x)) => rec.started_at_ns.min(x.finished_at_ns),
-                (None, _) => rec.started_at_ns,
-            },
-            finished_at,
-            exit_code,
-            image: Some(cri::ImageSpec {
-                image: rec.image_ref.clone(),
-                ..Default::default()
-            }),
-            image_ref: rec.image_digest_ref.clone(),
-            reason,
-            message,
-            labels: rec.config.labels.clone(),
-            annotations: rec.config.annotations.clone(),
-            mounts: rec.config.mounts.clone(),
-            log_path: rec
-                .log_path
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-            resources: rec
-                .config
-                .linux
-                .as_ref()
-                .and_then(|l| l.resources.clone())
-                .map(|r| cri::ContainerResources {
-                    linux: Some(r),
-                    ..Default::default()
-                }),
-            image_id: rec.image_id.clone(),
-            user: None,
-        };
+        let mut status = status_fixed(&rec);
+        let live = status_live(&rec, &life);
+        status.state = live.state;
+        status.started_at = live.started_at;
+        status.finished_at = live.finished_at;
+        status.exit_code = live.exit_code;
+        status.reason = live.reason;
+        status.message = live.message;
         let mut info = HashMap::new();
         if verbose {
             let v = serde_json::json!({
@@ -607,6 +554,33 @@ impl PodService {
             info.insert("info".to_string(), v.to_string());
         }
         Ok((status, info))
+    }
+
+    /// The protobuf encoding of a ContainerStatusResponse without `info` (a call that is
+    /// not verbose), as [`Self::container_status`] would answer: the fields only a record
+    /// update changes come from the container's cached encoding, the ones its process
+    /// changes (state, start, exit) are encoded per call and appended (protobuf merges a
+    /// message's fields in any order).
+    pub fn container_status_encoded(&self, id: &str) -> Result<Vec<u8>> {
+        use prost::Message;
+        let entry = self.container(id)?;
+        Ok(entry.with_encoded(
+            super::Encoding::Status,
+            |rec| status_fixed(rec).encode_to_vec(),
+            |rec, fixed| {
+                let live = status_live(rec, &self.lifecycle_for_listing(rec)).encode_to_vec();
+                let mut out = Vec::with_capacity(fixed.len() + live.len() + 8);
+                prost::encoding::encode_key(
+                    STATUS_FIELD,
+                    prost::encoding::WireType::LengthDelimited,
+                    &mut out,
+                );
+                prost::encoding::encode_varint((fixed.len() + live.len()) as u64, &mut out);
+                out.extend_from_slice(fixed);
+                out.extend_from_slice(&live);
+                out
+            },
+        ))
     }
 
     /// ExecSync: runs `cmd` in a running container; `timeout_secs` 0 means no limit.
@@ -770,6 +744,84 @@ pub fn parse_signal(s: Option<&str>) -> Option<i32> {
     full.parse::<nix::sys::signal::Signal>()
         .ok()
         .map(|sig| sig as i32)
+}
+
+/// Field number of `status` in ContainerStatusResponse.
+const STATUS_FIELD: u32 = 1;
+
+/// A container's ContainerStatus with the fields only a record update changes; the others
+/// (see [`status_live`]) are left at their defaults.
+fn status_fixed(rec: &ContainerRecord) -> cri::ContainerStatus {
+    cri::ContainerStatus {
+        id: rec.id.clone(),
+        metadata: Some(rec.metadata()),
+        created_at: rec.created_at_ns,
+        image: Some(cri::ImageSpec {
+            image: rec.image_ref.clone(),
+            ..Default::default()
+        }),
+        image_ref: rec.image_digest_ref.clone(),
+        labels: rec.config.labels.clone(),
+        annotations: rec.config.annotations.clone(),
+        mounts: rec.config.mounts.clone(),
+        log_path: rec
+            .log_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        resources: rec
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|r| cri::ContainerResources {
+                linux: Some(r),
+                ..Default::default()
+            }),
+        image_id: rec.image_id.clone(),
+        user: None,
+        ..Default::default()
+    }
+}
+
+/// The fields of a container's ContainerStatus that its process changes: state, start,
+/// exit; every other field is left at its default.
+fn status_live(rec: &ContainerRecord, life: &Lifecycle) -> cri::ContainerStatus {
+    let (finished_at, exit_code, reason, message) = match life {
+        Lifecycle::Exited(x) => {
+            let reason = if rec.start_error.is_some() {
+                "Error"
+            } else if x.oom_killed {
+                "OOMKilled"
+            } else if x.exit_code == 0 {
+                "Completed"
+            } else {
+                "Error"
+            };
+            (
+                x.finished_at_ns,
+                x.exit_code,
+                reason.to_string(),
+                rec.start_error.clone().unwrap_or_default(),
+            )
+        }
+        _ => (0, 0, String::new(), String::new()),
+    };
+    cri::ContainerStatus {
+        state: PodService::cri_state(life) as i32,
+        // A process that exits before the runtime call that started it returns has a
+        // recorded start after its exit; the start cannot be later than the exit.
+        started_at: match (&rec.start_error, life) {
+            (Some(_), _) => 0,
+            (None, Lifecycle::Exited(x)) => rec.started_at_ns.min(x.finished_at_ns),
+            (None, _) => rec.started_at_ns,
+        },
+        finished_at,
+        exit_code,
+        reason,
+        message,
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]

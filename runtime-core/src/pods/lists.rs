@@ -22,7 +22,7 @@ use prost::encoding::{WireType, encode_key, encode_varint};
 
 use super::records::{ContainerRecord, SandboxRecord};
 use super::sandbox::sandbox_state;
-use super::{Entry, Kept, ListSnapshots, PodService, labels_match, lock};
+use super::{Encoding, Entry, Kept, ListSnapshots, PodService, labels_match, lock};
 
 /// Listed containers with the state each is answered with.
 type Listed = Vec<(Arc<Entry<ContainerRecord>>, cri::ContainerState)>;
@@ -89,6 +89,7 @@ impl PodService {
         let mut out = Vec::with_capacity(listed.len() * 256);
         for e in &listed {
             e.with_encoded(
+                Encoding::ListItem,
                 |r| sandbox_item(r).encode_to_vec(),
                 |_, item| put_item(&mut out, item, &[]),
             );
@@ -142,6 +143,7 @@ impl PodService {
         let mut out = Vec::with_capacity(listed.len() * 384);
         for (e, state) in &listed {
             e.with_encoded(
+                Encoding::ListItem,
                 |r| container_item(r).encode_to_vec(),
                 |_, item| put_item(&mut out, item, state_field(*state)),
             );
@@ -361,7 +363,11 @@ mod tests {
         assert!(added > start, "insert counted");
         let e = table.read().get("a").cloned().expect("entry");
         // Reading (and encoding for a list) changes nothing.
-        e.with_encoded(|r| sandbox_item(r).encode_to_vec(), |_, _| ());
+        e.with_encoded(
+            Encoding::ListItem,
+            |r| sandbox_item(r).encode_to_vec(),
+            |_, _| (),
+        );
         assert!(e.get().id.starts_with('a'));
         assert_eq!(changes.now(), added);
         e.update(|r| r.state = SandboxState::NotReady);
@@ -379,9 +385,9 @@ mod tests {
             &super::super::Changes::default(),
         );
         let enc = |r: &SandboxRecord| sandbox_item(r).encode_to_vec();
-        let before = e.with_encoded(enc, |_, b| b.to_vec());
+        let before = e.with_encoded(Encoding::ListItem, enc, |_, b| b.to_vec());
         e.update(|r| r.state = SandboxState::NotReady);
-        let after = e.with_encoded(enc, |_, b| b.to_vec());
+        let after = e.with_encoded(Encoding::ListItem, enc, |_, b| b.to_vec());
         assert_ne!(before, after);
         let item = cri::PodSandbox::decode(&after[..]).unwrap();
         assert_eq!(item.state, cri::PodSandboxState::SandboxNotready as i32);

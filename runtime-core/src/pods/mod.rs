@@ -50,12 +50,21 @@ pub struct Entry<T> {
     changes: Changes,
 }
 
-/// An entry's data and its cached list-call encoding.
+/// An entry's data and its cached encodings.
 struct Slot<T> {
     value: T,
-    /// The protobuf encoding list calls send for this entry, built on first use and
-    /// dropped by every update.
-    encoded: Option<Vec<u8>>,
+    /// The protobuf encodings calls send for this entry (see [`Encoding`]), each built on
+    /// first use and all dropped by every update.
+    encoded: [Option<Vec<u8>>; 2],
+}
+
+/// The encodings an [`Entry`] keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Encoding {
+    /// Its item in ListPodSandbox or ListContainers.
+    ListItem = 0,
+    /// The parts of its ContainerStatus that only a record update changes.
+    Status = 1,
 }
 
 impl<T: Clone> Entry<T> {
@@ -64,7 +73,7 @@ impl<T: Clone> Entry<T> {
             op: tokio::sync::Mutex::new(()),
             data: Mutex::new(Slot {
                 value: v,
-                encoded: None,
+                encoded: [None, None],
             }),
             changes: changes.clone(),
         })
@@ -80,23 +89,24 @@ impl<T: Clone> Entry<T> {
         f(&lock(&self.data).value)
     }
 
-    /// Runs `f` on the data and its list-call encoding, which `encode` builds when the
-    /// data changed since the last call.
+    /// Runs `f` on the data and its encoding `which`, which `encode` builds when the data
+    /// changed since the last call.
     pub(crate) fn with_encoded<R>(
         &self,
+        which: Encoding,
         encode: impl FnOnce(&T) -> Vec<u8>,
         f: impl FnOnce(&T, &[u8]) -> R,
     ) -> R {
         let mut slot = lock(&self.data);
         let slot = &mut *slot;
-        let bytes = slot.encoded.get_or_insert_with(|| encode(&slot.value));
+        let bytes = slot.encoded[which as usize].get_or_insert_with(|| encode(&slot.value));
         f(&slot.value, bytes)
     }
 
     fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         let out = {
             let mut slot = lock(&self.data);
-            slot.encoded = None;
+            slot.encoded = [None, None];
             f(&mut slot.value)
         };
         self.changes.bump();

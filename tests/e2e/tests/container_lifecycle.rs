@@ -168,12 +168,19 @@ async fn create_start_status_exit_codes_and_log() -> Result<()> {
         .await?;
     assert_eq!(st.exit_code, 0);
     assert_eq!(st.reason, "Completed", "exit 0: reason Completed");
+    assert_eq!(
+        env.container_status_full(&ok_id, true).await?.status,
+        Some(st),
+        "verbose and plain status agree on an exited container"
+    );
 
     // A running one: RUNNING right after StartContainer, a live process.
     let run = env.sh_container("run", TERM_TRAP_LOOP);
     let run_id = env.run_container(&pod_id, &run, &pod).await?;
     let full = env.container_status_full(&run_id, true).await?;
     let st = full.status.clone().unwrap();
+    // Without info (served from a kept encoding, with the state appended) it says the same.
+    assert_eq!(env.container_status(&run_id).await?, st);
     assert_eq!(
         st.state,
         ContainerState::ContainerRunning as i32,
@@ -356,6 +363,11 @@ async fn bind_mounts_readonly_mounts_and_missing_host_paths() -> Result<()> {
     env.exec_ok(&cid, &["test", "-d", "/missing"]).await?;
 
     let st = env.container_status(&cid).await?;
+    assert_eq!(
+        env.container_status_full(&cid, true).await?.status.as_ref(),
+        Some(&st),
+        "verbose and plain status agree with mounts"
+    );
     let paths: Vec<_> = st
         .mounts
         .iter()
@@ -918,6 +930,16 @@ async fn update_container_resources_reaches_the_cgroup() -> Result<()> {
         read_trim(&limit),
         (128 * MIB).to_string(),
         "initial memory limit"
+    );
+    // A status before the update: the answer berthd keeps must not outlive it.
+    let before = env.container_status(&cid).await?;
+    assert_eq!(
+        before
+            .resources
+            .and_then(|r| r.linux)
+            .map(|l| l.memory_limit_in_bytes),
+        Some(128 * MIB),
+        "status reports the initial memory limit"
     );
 
     env.update_resources(

@@ -512,14 +512,15 @@ const BOUNDS: &str = "\
   per answer instead of one per 16 KB frame changed nothing measurable). What remains
   is mostly moving and decoding the answer (about 36 KB for ListContainers with 100 pods;
   the client's decoding alone is 50 µs), which the client pays for both runtimes. berthd
-  keeps the unfiltered answers whole while nothing changes (a copy per call), learns
-  container exits by inotify, and keeps its gRPC thread polling for 200 µs after each
+  keeps the unfiltered answers whole while nothing changes (a copy per call) and each
+  container's status fields that only a record update changes, learns container exits
+  by inotify, and keeps its gRPC thread polling for 200 µs after each
   answer, so the later calls of a burst skip the wake-up (ListPodSandbox and
   ContainerStatus here, which follow ListContainers). ListContainers is the first call of
   each round and pays the wake-ups: it is the figure closest to its target and crosses it
-  from run to run here (0.47 to 0.55 in the ten full runs on 22 and 23 November 2026
-  before this table's, met in seven: berth 0.35-0.44 ms, containerd 0.64-0.79 ms), moving
-  with the machine's wake-up latency as much as with either runtime.
+  from run to run here (0.47 to 0.55 over a dozen full runs on 22 and 23 November 2026,
+  met in about two of three: berth 0.33-0.44 ms, containerd 0.64-0.79 ms), moving with
+  the machine's wake-up latency as much as with either runtime.
 ";
 
 /// How the figures are made (docs/benchmarks.md).

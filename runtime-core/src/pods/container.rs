@@ -531,14 +531,12 @@ impl PodService {
     ) -> Result<(cri::ContainerStatus, HashMap<String, String>)> {
         let rec = self.container(id)?.get();
         let life = self.lifecycle_for_listing(&rec);
+        // Merged as the client merges the encoded answer (see `container_status_encoded`),
+        // so that both answers agree by construction.
         let mut status = status_fixed(&rec);
-        let live = status_live(&rec, &life);
-        status.state = live.state;
-        status.started_at = live.started_at;
-        status.finished_at = live.finished_at;
-        status.exit_code = live.exit_code;
-        status.reason = live.reason;
-        status.message = live.message;
+        let live = prost::Message::encode_to_vec(&status_live(&rec, &life));
+        prost::Message::merge(&mut status, live.as_slice())
+            .map_err(|e| Error::Internal(format!("container {id}: status fields: {e}")))?;
         let mut info = HashMap::new();
         if verbose {
             let v = serde_json::json!({

@@ -151,11 +151,7 @@ where
             }),
             CONTAINER_STATUS => self.serve_encoded(req, |pods, r: cri::ContainerStatusRequest| {
                 if r.verbose {
-                    let (status, info) = pods.container_status(&r.container_id, true).status()?;
-                    let answer = cri::ContainerStatusResponse {
-                        status: Some(status),
-                        info,
-                    };
+                    let answer = pods.container_status(&r.container_id, true).status()?;
                     return Ok(prost::Message::encode_to_vec(&answer));
                 }
                 pods.container_status_encoded(&r.container_id).status()

@@ -273,14 +273,11 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
         let req = request.into_inner();
-        let (status, info) = self
+        let answer = self
             .pods
             .container_status(&req.container_id, req.verbose)
             .status()?;
-        Ok(Response::new(cri::ContainerStatusResponse {
-            status: Some(status),
-            info,
-        }))
+        Ok(Response::new(answer))
     }
 
     async fn update_container_resources(

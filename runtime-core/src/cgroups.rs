@@ -114,6 +114,28 @@ impl Layout {
 
 /// A cgroup path as a relative path with no `..`, so it cannot leave the hierarchy.
 fn relative(path: &str) -> Result<PathBuf> {
+    let out = relative_or_root(path)?;
+    if out.as_os_str().is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "cgroup path {path:?} names the root cgroup"
+        )));
+    }
+    Ok(out)
+}
+
+/// The directory of cgroup `path` below the hierarchy mounted at `mount`; `/` is the root
+/// cgroup, `..` is refused.
+pub(crate) fn dir_under(mount: &Path, path: &str) -> Result<PathBuf> {
+    let rel = relative_or_root(path)?;
+    Ok(if rel.as_os_str().is_empty() {
+        mount.to_path_buf()
+    } else {
+        mount.join(rel)
+    })
+}
+
+/// [`relative`], with the root cgroup as the empty path.
+fn relative_or_root(path: &str) -> Result<PathBuf> {
     let mut out = PathBuf::new();
     for c in Path::new(path).components() {
         match c {
@@ -125,11 +147,6 @@ fn relative(path: &str) -> Result<PathBuf> {
                 )));
             }
         }
-    }
-    if out.as_os_str().is_empty() {
-        return Err(Error::InvalidArgument(format!(
-            "cgroup path {path:?} names the root cgroup"
-        )));
     }
     Ok(out)
 }

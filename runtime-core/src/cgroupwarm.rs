@@ -25,10 +25,10 @@
 //! cgroupfs, no permission) or berthd is not where it should be, the warmer turns itself off
 //! and says so once; `runtime.cgroup_warmup = false` turns it off.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 
-use crate::cgroups::Layout;
+use crate::cgroups::{Layout, dir_under};
 
 /// The file a no-op move of the calling thread is written to, and what is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,31 +49,18 @@ pub fn warm_target(layout: &Layout, parent: &str, own: &str) -> Option<WarmTarge
                 .iter()
                 .find(|h| h.file_name().is_some_and(|n| n == "pids"))?;
             Some(WarmTarget {
-                file: inside(mount, parent)?.join("tasks"),
+                file: dir_under(mount, parent).ok()?.join("tasks"),
                 thread: true,
             })
         }
         Layout::V2 { root } => own.lines().find_map(|line| {
             let path = line.strip_prefix("0::")?;
             Some(WarmTarget {
-                file: inside(root, path)?.join("cgroup.procs"),
+                file: dir_under(root, path.trim()).ok()?.join("cgroup.procs"),
                 thread: false,
             })
         }),
     }
-}
-
-/// `mount` joined with the cgroup path `path`, refusing `..`.
-fn inside(mount: &Path, path: &str) -> Option<PathBuf> {
-    let rel = path.trim().trim_start_matches('/');
-    if rel.split('/').any(|c| c == "..") {
-        return None;
-    }
-    Some(if rel.is_empty() {
-        mount.to_path_buf()
-    } else {
-        mount.join(rel)
-    })
 }
 
 /// Writes the calling thread's move to `target` (a no-op once it is there). For a process
@@ -168,6 +155,7 @@ impl JoinWarmer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     fn v1(names: &[&str]) -> Layout {
         Layout::V1 {

@@ -528,7 +528,7 @@ impl PodService {
         &self,
         id: &str,
         verbose: bool,
-    ) -> Result<(cri::ContainerStatus, HashMap<String, String>)> {
+    ) -> Result<cri::ContainerStatusResponse> {
         let rec = self.container(id)?.get();
         let life = self.lifecycle_for_listing(&rec);
         // Merged as the client merges the encoded answer (see `container_status_encoded`),
@@ -551,7 +551,10 @@ impl PodService {
             });
             info.insert("info".to_string(), v.to_string());
         }
-        Ok((status, info))
+        Ok(cri::ContainerStatusResponse {
+            status: Some(status),
+            info,
+        })
     }
 
     /// The protobuf encoding of a ContainerStatusResponse without `info` (a call that is
@@ -568,14 +571,7 @@ impl PodService {
             |rec, fixed| {
                 let live = status_live(rec, &self.lifecycle_for_listing(rec)).encode_to_vec();
                 let mut out = Vec::with_capacity(fixed.len() + live.len() + 8);
-                prost::encoding::encode_key(
-                    STATUS_FIELD,
-                    prost::encoding::WireType::LengthDelimited,
-                    &mut out,
-                );
-                prost::encoding::encode_varint((fixed.len() + live.len()) as u64, &mut out);
-                out.extend_from_slice(fixed);
-                out.extend_from_slice(&live);
+                super::lists::put_message_field(&mut out, STATUS_FIELD, fixed, &live);
                 out
             },
         ))
@@ -777,7 +773,6 @@ fn status_fixed(rec: &ContainerRecord) -> cri::ContainerStatus {
                 ..Default::default()
             }),
         image_id: rec.image_id.clone(),
-        user: None,
         ..Default::default()
     }
 }

@@ -217,9 +217,15 @@ fn state_field(state: cri::ContainerState) -> &'static [u8] {
 /// Appends one element of the response's repeated list field: `item` followed by `extra`
 /// fields of the same message.
 fn put_item(out: &mut Vec<u8>, item: &[u8], extra: &[u8]) {
-    encode_key(LIST_FIELD, WireType::LengthDelimited, out);
-    encode_varint((item.len() + extra.len()) as u64, out);
-    out.extend_from_slice(item);
+    put_message_field(out, LIST_FIELD, item, extra);
+}
+
+/// Appends message field `field`: the encoded message `fixed` followed by `extra` fields
+/// of the same message (protobuf merges a message's fields in any order).
+pub(super) fn put_message_field(out: &mut Vec<u8>, field: u32, fixed: &[u8], extra: &[u8]) {
+    encode_key(field, WireType::LengthDelimited, out);
+    encode_varint((fixed.len() + extra.len()) as u64, out);
+    out.extend_from_slice(fixed);
     out.extend_from_slice(extra);
 }
 

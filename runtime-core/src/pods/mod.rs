@@ -531,7 +531,7 @@ impl PodService {
             .containers
             .read()
             .values()
-            .filter(|e| e.get().pod_id == pod_id)
+            .filter(|e| e.with(|c| c.pod_id == pod_id))
             .cloned()
             .collect()
     }
@@ -540,9 +540,7 @@ impl PodService {
     pub fn image_user(&self, image_id: &str) -> Option<String> {
         let map = self.inner.containers.read();
         map.values()
-            .map(|e| e.get())
-            .find(|c| c.image_id == image_id)
-            .map(|c| c.id)
+            .find_map(|e| e.with(|c| (c.image_id == image_id).then(|| c.id.clone())))
     }
 
     /// The configured runtime handler names, the default one (reported as "") first.

@@ -33,6 +33,6 @@ cargo build --release --locked -p berth-bench >&2
 cargo build --release --locked -p cri-server --bins >&2
 # The monitor is linked statically, as hack/run.sh runs it (one per pod: it maps no shared
 # glibc pages). This must come after the plain build, which would relink it dynamically.
-cargo rustc --release --locked -p cri-server --bin berth-monitor -- -C target-feature=+crt-static >&2
+cargo rustc --release --locked -p berth-monitor --bin berth-monitor -- -C target-feature=+crt-static >&2
 
 exec target/release/berth-bench --berthd "$PWD/target/release/berthd" "$@"

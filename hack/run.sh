@@ -22,5 +22,5 @@ hack/install-cni-config.sh /etc/cni/net.d
 cargo build --release --locked -p cri-server --bins
 # The monitor is linked statically: one runs per pod, and a static binary maps no shared
 # glibc pages (about 1.5 MiB RSS instead of 2.3 MiB).
-cargo rustc --release --locked -p cri-server --bin berth-monitor -- -C target-feature=+crt-static
+cargo rustc --release --locked -p berth-monitor --bin berth-monitor -- -C target-feature=+crt-static
 exec target/release/berthd "$@"

@@ -40,4 +40,4 @@ hack/bench.sh --quick --smoke
 
 echo "== monitor memory budget (static release monitor, under 2 MiB RSS with one container)"
 BERTH_MONITOR_BIN="$PWD/target/release/berth-monitor" \
-  cargo test --locked -p cri-server --test monitor rss_with_one_running_container -- --nocapture
+  cargo test --locked -p berth-monitor --test monitor rss_with_one_running_container -- --nocapture

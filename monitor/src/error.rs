@@ -82,7 +82,8 @@ pub enum MonitorError {
 }
 
 impl MonitorError {
-    pub(crate) fn io(what: impl std::fmt::Display, err: impl std::fmt::Display) -> Self {
+    /// An [`MonitorError::Io`] of `what: err`.
+    pub fn io(what: impl std::fmt::Display, err: impl std::fmt::Display) -> Self {
         MonitorError::Io {
             message: format!("{what}: {err}"),
         }

@@ -1,5 +1,5 @@
 //! The messages of the monitor protocol (see the module documentation of
-//! [`crate::monitor`]) and the exit file, the one on-disk contract between the monitor and
+//! [`crate`]) and the exit file, the one on-disk contract between the monitor and
 //! berthd.
 
 use std::io::Write;
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::error::MonitorError;
+use crate::error::MonitorError;
 
 /// Version of the wire protocol, reported by `ping`.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,164 @@
+//! The requests of the protocol (all but the ones answered by the connection code).
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::error::MonitorError;
+use crate::logfmt::Stream;
+use crate::process;
+use crate::protocol::{ContainerState, CreateRequest};
+
+use super::streams::{open_log, pipe};
+use super::*;
+
+impl Server {
+    pub(super) fn create(&mut self, token: u64, req: CreateRequest) -> Result<(), MonitorError> {
+        let bad = |message: String| Err(MonitorError::BadRequest { message });
+        if req.container_id.is_empty() {
+            return bad("container_id is empty".into());
+        }
+        if self.containers.iter().any(|c| c.id == req.container_id) {
+            return Err(MonitorError::AlreadyExists {
+                id: req.container_id,
+            });
+        }
+        if req.argv.is_empty() || req.argv[0].is_empty() {
+            return bad("argv is empty".into());
+        }
+        for (name, p) in [
+            ("pid_file", &req.pid_file),
+            ("log_path", &req.log_path),
+            ("exit_file", &req.exit_file),
+        ] {
+            if !p.is_absolute() {
+                return bad(format!("{name} {} is not absolute", p.display()));
+            }
+        }
+        let log = open_log(&req.log_path)?;
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let child = Command::new(&req.argv[0])
+            .args(&req.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w))
+            .current_dir("/")
+            .spawn()
+            .map_err(|e| MonitorError::io(format!("cannot run {}", req.argv[0]), e))?;
+        // The write ends went into the Command and are closed now: only the command (and
+        // the container after it) holds them, so EOF means they are all gone.
+        let create_pid = child.id() as i32;
+        drop(child); // reaped by the SIGCHLD loop, not by Child
+        let timeout = if req.timeout_secs == 0 {
+            DEFAULT_CREATE_TIMEOUT
+        } else {
+            req.timeout_secs
+        };
+        self.containers.push(Container {
+            id: req.container_id,
+            log_path: req.log_path,
+            exit_file: req.exit_file,
+            oom_control: req.oom_control,
+            log: Some(log),
+            log_failed: false,
+            pipes: [
+                Some(Pipe {
+                    file: Some(File::from(out_r)),
+                    stream: Stream::Stdout,
+                    pending: Vec::new(),
+                }),
+                Some(Pipe {
+                    file: Some(File::from(err_r)),
+                    stream: Stream::Stderr,
+                    pending: Vec::new(),
+                }),
+            ],
+            phase: Phase::Creating {
+                create_pid,
+                client: token,
+                deadline: Instant::now() + Duration::from_secs(timeout),
+                pid_file: req.pid_file,
+            },
+        });
+        if let Some(c) = self.clients.iter_mut().find(|c| c.token == token) {
+            c.state = ClientState::Waiting;
+        }
+        Ok(())
+    }
+
+    pub(super) fn reopen_log(&mut self, id: &str) -> Result<(), MonitorError> {
+        let c = self
+            .containers
+            .iter_mut()
+            .find(|c| c.id == id)
+            .ok_or_else(|| MonitorError::NotFound { id: id.to_string() })?;
+        if c.log.is_none() {
+            return Err(MonitorError::NotRunning { id: id.to_string() });
+        }
+        // Open the new file before closing the old one: on failure the old one stays.
+        // Pending partial lines are in memory and go to the new file.
+        c.log = Some(open_log(&c.log_path)?);
+        c.log_failed = false;
+        Ok(())
+    }
+
+    pub(super) fn list(&self) -> Vec<ContainerState> {
+        self.containers
+            .iter()
+            .map(|c| {
+                let (pid, exit) = match c.phase {
+                    Phase::Creating { .. } => (0, None),
+                    Phase::Running { pid } | Phase::Draining { pid, .. } => (pid, None),
+                    Phase::Exited { pid, exit } => (pid, Some(exit)),
+                };
+                ContainerState {
+                    id: c.id.clone(),
+                    pid,
+                    exit,
+                }
+            })
+            .collect()
+    }
+
+    pub(super) fn forget(&mut self, id: &str) -> Result<(), MonitorError> {
+        let Some(ci) = self.containers.iter().position(|c| c.id == id) else {
+            return Ok(());
+        };
+        if matches!(self.containers[ci].phase, Phase::Creating { .. }) {
+            return Err(MonitorError::Busy { id: id.to_string() });
+        }
+        self.containers.remove(ci);
+        Ok(())
+    }
+
+    pub(super) fn spawn_pause(&mut self) -> Result<i32, MonitorError> {
+        // The pause process is double-forked; being a subreaper, the monitor becomes its
+        // parent when the intermediate child exits.
+        let exe = std::env::current_exe()
+            .ok()
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+        process::spawn_pause_in_new_pidns(&exe, &self.pod_dir)
+    }
+}
+
+impl Container {
+    /// What the create command wrote, stderr first, for an error message.
+    pub(super) fn create_output(&self) -> String {
+        let mut all = Vec::new();
+        for which in [1, 0] {
+            if let Some(p) = &self.pipes[which] {
+                all.extend_from_slice(p.pending.trim_ascii());
+                all.push(b'\n');
+            }
+        }
+        let text = String::from_utf8_lossy(all.trim_ascii());
+        let mut end = text.len().min(CREATE_OUTPUT_CAP);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text[..end].to_string()
+    }
+}

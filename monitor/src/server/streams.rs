@@ -1,0 +1,140 @@
+//! Container output: the stdout / stderr pipes, logged in the CRI format.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use crate::error::MonitorError;
+use crate::logfmt::{self, Stream};
+
+use super::*;
+
+/// One end of a container's stdout or stderr.
+pub(super) struct Pipe {
+    /// The read end; `None` after EOF (the pending bytes may still wait for emission).
+    pub(super) file: Option<File>,
+    pub(super) stream: Stream,
+    /// Bytes read but not yet written as entries: an unterminated line, or everything
+    /// while the create command runs.
+    pub(super) pending: Vec<u8>,
+}
+
+impl Server {
+    /// Reads a pipe up to `reads` times (until it would block or hits EOF) and logs the
+    /// complete entries (held back while the create command runs).
+    pub(super) fn pump(&mut self, ci: usize, which: usize, reads: usize) {
+        for _ in 0..reads {
+            let Some(c) = self.containers.get_mut(ci) else {
+                return;
+            };
+            let Some(pipe) = c.pipes[which].as_mut() else {
+                return;
+            };
+            let Some(file) = pipe.file.as_mut() else {
+                return;
+            };
+            match file.read(&mut self.readbuf) {
+                Ok(0) => {
+                    pipe.file = None;
+                    if !matches!(c.phase, Phase::Creating { .. }) {
+                        self.close_pipe(ci, which);
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    pipe.pending.extend_from_slice(&self.readbuf[..n]);
+                    let hold = matches!(c.phase, Phase::Creating { .. })
+                        && pipe.pending.len() <= CREATE_HOLD_CAP;
+                    if !hold {
+                        self.emit(ci, which);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    pipe.file = None;
+                    if !matches!(c.phase, Phase::Creating { .. }) {
+                        self.close_pipe(ci, which);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Writes the complete entries pending on a pipe (all of it when the pipe is at EOF).
+    pub(super) fn emit(&mut self, ci: usize, which: usize) {
+        let Some(c) = self.containers.get_mut(ci) else {
+            return;
+        };
+        let Some(pipe) = c.pipes[which].as_mut() else {
+            return;
+        };
+        let eof = pipe.file.is_none();
+        let stream = pipe.stream;
+        let ts = logfmt::now_ns();
+        let scratch = &mut self.scratch;
+        let log = c.log.as_ref();
+        let mut failed = None;
+        let consumed = logfmt::split_entries(&pipe.pending, eof, |full, content| {
+            if let Some(log) = log
+                && let Err(e) = logfmt::write_entry(log.as_fd(), scratch, ts, stream, full, content)
+            {
+                failed = Some(e);
+            }
+        });
+        pipe.pending.drain(..consumed);
+        if pipe.pending.capacity() > 2 * READ_CHUNK && pipe.pending.len() < READ_CHUNK {
+            pipe.pending.shrink_to(READ_CHUNK);
+        }
+        if scratch.capacity() > 2 * logfmt::MAX_LINE {
+            scratch.shrink_to(logfmt::MAX_LINE + 128);
+        }
+        if let Some(e) = failed
+            && !c.log_failed
+        {
+            eprintln!(
+                "berth-monitor: container {}: cannot write {}: {e}",
+                c.id,
+                c.log_path.display()
+            );
+            c.log_failed = true;
+        }
+    }
+
+    /// Logs what is left on a pipe and closes it.
+    pub(super) fn close_pipe(&mut self, ci: usize, which: usize) {
+        let Some(c) = self.containers.get_mut(ci) else {
+            return;
+        };
+        if let Some(pipe) = c.pipes[which].as_mut() {
+            pipe.file = None;
+        } else {
+            return;
+        }
+        self.emit(ci, which);
+        self.containers[ci].pipes[which] = None;
+    }
+}
+
+pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), MonitorError> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| MonitorError::io("pipe2", e))?;
+    nix::fcntl::fcntl(
+        &r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| MonitorError::io("fcntl", e))?;
+    Ok((r, w))
+}
+
+pub(super) fn open_log(path: &Path) -> Result<File, MonitorError> {
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| MonitorError::io(format!("cannot open log file {}", path.display()), e))
+}

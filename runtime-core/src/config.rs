@@ -46,6 +46,77 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// Pod networking (CNI) settings.
     pub cni: CniConfig,
+    /// The streaming server (Exec, Attach, PortForward).
+    pub streaming: StreamingConfig,
+}
+
+/// The `[streaming]` table: the HTTP server that Exec, Attach and PortForward URLs point at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamingConfig {
+    /// `HOST:PORT` to listen on; port 0 picks a free port at start (as containerd does).
+    pub address: String,
+    /// PEM certificate chain; with `tls_key_file`, the server speaks HTTPS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// How long a stream connection may stay without traffic before it is closed: a
+    /// duration such as `4h`, `30m`, `1h30m` or `90s`.
+    pub idle_timeout: String,
+}
+
+impl StreamingConfig {
+    /// `idle_timeout` as a duration (validated at load).
+    pub fn idle_timeout(&self) -> Result<std::time::Duration> {
+        parse_duration(&self.idle_timeout).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "streaming.idle_timeout {:?} is not a duration such as 4h, 30m or 90s",
+                self.idle_timeout
+            ))
+        })
+    }
+}
+
+/// Parses `1h30m`, `4h`, `90s`, `250ms`: one or more number-unit pairs, units h, m, s, ms;
+/// `None` when malformed or zero.
+fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let value: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (std::time::Duration::from_millis(1), 2)
+        } else if rest.starts_with('h') {
+            (std::time::Duration::from_secs(3600), 1)
+        } else if rest.starts_with('m') {
+            (std::time::Duration::from_secs(60), 1)
+        } else if rest.starts_with('s') {
+            (std::time::Duration::from_secs(1), 1)
+        } else {
+            return None;
+        };
+        rest = &rest[len..];
+        total = total.checked_add(unit.checked_mul(u32::try_from(value).ok()?)?)?;
+    }
+    (!total.is_zero()).then_some(total)
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: "127.0.0.1:0".to_string(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            idle_timeout: "4h".to_string(),
+        }
+    }
 }
 
 /// The `[cni]` table.
@@ -160,6 +231,7 @@ impl Default for Config {
             image: ImageConfig::default(),
             runtime: RuntimeConfig::default(),
             cni: CniConfig::default(),
+            streaming: StreamingConfig::default(),
         }
     }
 }
@@ -238,6 +310,25 @@ impl Config {
                 "grpc_busy_poll_us {} is above the limit of {MAX_GRPC_BUSY_POLL_US}",
                 self.grpc_busy_poll_us
             ));
+        }
+        let streaming = &self.streaming;
+        if streaming.address.parse::<std::net::SocketAddr>().is_err() {
+            return bad(format!(
+                "streaming.address {:?} is not an IP:PORT (such as 127.0.0.1:0)",
+                streaming.address
+            ));
+        }
+        match (&streaming.tls_cert_file, &streaming.tls_key_file) {
+            (Some(_), None) | (None, Some(_)) => {
+                return bad(
+                    "streaming.tls_cert_file and streaming.tls_key_file must be set together"
+                        .to_string(),
+                );
+            }
+            _ => {}
+        }
+        if let Err(e) = streaming.idle_timeout() {
+            return bad(e.to_string());
         }
         Ok(())
     }
@@ -319,6 +410,20 @@ bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]
 
 # Seconds a CNI plugin may run before it is killed and the pod fails.
 plugin_timeout_secs = 60
+
+[streaming]
+# Where the Exec / Attach / PortForward URLs handed to kubelet and crictl point: IP:PORT.
+# Port 0 picks a free port at start. Keep it on loopback unless TLS is set: a URL's
+# single-use token is the only credential.
+address = "{saddr}"
+
+# PEM certificate chain and key: set both to serve the streams over HTTPS.
+# tls_cert_file = "/etc/berth/streaming.crt"
+# tls_key_file = "/etc/berth/streaming.key"
+
+# How long a stream connection may stay without traffic before it is closed:
+# a duration such as 4h, 30m, 1h30m or 90s.
+idle_timeout = "{idle}"
 "#,
             root = d.root.display(),
             state = d.state.display(),
@@ -327,6 +432,8 @@ plugin_timeout_secs = 60
             mcd = d.image.max_concurrent_downloads,
             ct = d.image.connect_timeout_secs,
             rt = d.image.read_timeout_secs,
+            saddr = d.streaming.address,
+            idle = d.streaming.idle_timeout,
         )
     }
 }
@@ -339,6 +446,33 @@ mod tests {
     fn default_toml_parses_to_default() {
         let c = Config::parse(&Config::default_toml(), "default").unwrap();
         assert_eq!(c, Config::default());
+    }
+
+    #[test]
+    fn streaming_table_is_validated() {
+        let c = Config::parse(
+            "[streaming]\naddress = \"0.0.0.0:10010\"\nidle_timeout = \"1h30m\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.streaming.idle_timeout().unwrap(),
+            std::time::Duration::from_secs(5400)
+        );
+        for bad in [
+            "address = \"localhost\"",
+            "idle_timeout = \"4 hours\"",
+            "idle_timeout = \"0s\"",
+            "tls_cert_file = \"/c.pem\"",
+        ] {
+            let e = Config::parse(&format!("[streaming]\n{bad}\n"), "t.toml").unwrap_err();
+            assert!(e.to_string().contains("streaming."), "{bad}: {e}");
+        }
+        assert_eq!(
+            parse_duration("250ms"),
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(parse_duration("h"), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod container;
 mod exitwatch;
 mod lists;
+mod portforward;
 pub mod records;
 pub mod sandbox;
 pub mod stats;

@@ -206,13 +206,19 @@ impl Shared {
         let was_done = s.done();
         s.reset = Some((code, !send));
         s.out.clear();
-        let n = s.recv_len;
-        s.recv_buf.clear();
-        s.recv_len = 0;
-        s.wake_all();
-        st.buffered -= n;
-        self.consumed(st, None, n);
-        self.drained.notify_one();
+        // A peer that finished sending (FIN) and then reset only aborts our
+        // direction: what it sent stays readable. Otherwise drop it.
+        if send || !s.remote_fin || !s.reader_alive {
+            let n = s.recv_len;
+            s.recv_buf.clear();
+            s.recv_len = 0;
+            st.buffered -= n;
+            self.consumed(st, None, n);
+            self.drained.notify_one();
+        }
+        if let Some(s) = st.streams.get_mut(&id) {
+            s.wake_all();
+        }
         if send && !was_done && !st.closed {
             st.control.push_back(rst(id, code));
             self.writer_wake.notify_one();
@@ -406,7 +412,9 @@ async fn reader_task<T: AsyncRead>(shared: Arc<Shared>, mut io: ReadHalf<T>) {
         // from the header once we have it, and was checked against the limit).
         let want = if buf.len() >= frame::HEADER_LEN {
             let len = u32::from_be_bytes([0, buf[5], buf[6], buf[7]]) as usize;
-            (frame::HEADER_LEN + len).saturating_sub(buf.len()).max(4096)
+            (frame::HEADER_LEN + len)
+                .saturating_sub(buf.len())
+                .max(4096)
         } else {
             16 * 1024
         };
@@ -714,7 +722,8 @@ fn on_data(shared: &Shared, st: &mut State, id: u32, fin: bool, data: bytes::Byt
         st.buffered += len;
     }
     shared.settle(st, id);
-    if !peer_fc && (recv_len as i64 > shared.stream_window || st.buffered as i64 > shared.conn_window)
+    if !peer_fc
+        && (recv_len as i64 > shared.stream_window || st.buffered as i64 > shared.conn_window)
     {
         return After::Drain(id);
     }
@@ -736,7 +745,8 @@ fn on_syn_stream(
             shared.reset_stream(st, id, RstStatus::ProtocolError.code(), true);
             shared.settle(st, id);
         } else if id != 0 {
-            st.control.push_back(rst(id, RstStatus::ProtocolError.code()));
+            st.control
+                .push_back(rst(id, RstStatus::ProtocolError.code()));
             shared.writer_wake.notify_one();
         }
         return;
@@ -748,7 +758,12 @@ fn on_syn_stream(
     };
     let headers = match headers {
         Ok(h) => h,
-        Err(e) => return refuse(st, RstStatus::from_code(header_rst_code(&e)).unwrap_or(RstStatus::ProtocolError)),
+        Err(e) => {
+            return refuse(
+                st,
+                RstStatus::from_code(header_rst_code(&e)).unwrap_or(RstStatus::ProtocolError),
+            );
+        }
     };
     if st.goaway_sent || st.incoming_dropped || st.peer_open >= shared.cfg.max_streams {
         return refuse(st, RstStatus::RefusedStream);
@@ -965,9 +980,7 @@ async fn writer_task<T: AsyncWrite>(shared: Arc<Shared>, mut io: WriteHalf<T>) {
                 break;
             }
             let f = match f {
-                Frame::SynStream {
-                    stream_id, fin, ..
-                } => Frame::SynStream {
+                Frame::SynStream { stream_id, fin, .. } => Frame::SynStream {
                     stream_id,
                     associated_to: 0,
                     priority: 0,
@@ -1076,7 +1089,11 @@ impl Connection {
             }
             let id = st.next_ping;
             // Keep our parity and stay within 31 bits.
-            st.next_ping = if id >= 0x7fff_fffd { id % 2 + 2 } else { id + 2 };
+            st.next_ping = if id >= 0x7fff_fffd {
+                id % 2 + 2
+            } else {
+                id + 2
+            };
             let (tx, rx) = oneshot::channel();
             st.pings.insert(id, tx);
             st.control.push_back(Control::Frame(Frame::Ping { id }));

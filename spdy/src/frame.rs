@@ -221,7 +221,7 @@ fn check_control_len(kind: u16, len: usize) -> Result<(), FrameError> {
         TYPE_SYN_REPLY => ("SYN_REPLY", len >= 4),
         TYPE_HEADERS => ("HEADERS", len >= 4),
         TYPE_RST_STREAM => ("RST_STREAM", len == 8),
-        TYPE_SETTINGS => ("SETTINGS", len >= 4 && (len - 4) % 8 == 0),
+        TYPE_SETTINGS => ("SETTINGS", len >= 4 && (len - 4).is_multiple_of(8)),
         TYPE_PING => ("PING", len == 4),
         TYPE_GOAWAY => ("GOAWAY", len == 8),
         TYPE_WINDOW_UPDATE => ("WINDOW_UPDATE", len == 8),
@@ -357,7 +357,13 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) {
             if *unidirectional {
                 flags |= FLAG_UNIDIRECTIONAL;
             }
-            put_control(out, VERSION, TYPE_SYN_STREAM, flags, 10 + header_block.len());
+            put_control(
+                out,
+                VERSION,
+                TYPE_SYN_STREAM,
+                flags,
+                10 + header_block.len(),
+            );
             out.extend_from_slice(&(stream_id & ID_MASK).to_be_bytes());
             out.extend_from_slice(&(associated_to & ID_MASK).to_be_bytes());
             out.push((priority & 0x07) << 5);
@@ -588,7 +594,9 @@ mod tests {
             );
         }
         // SETTINGS whose count disagrees with its length.
-        let buf = [0x80, 3, 0, 4, 0, 0, 0, 12, 0, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0, 1];
+        let buf = [
+            0x80, 3, 0, 4, 0, 0, 0, 12, 0, 0, 0, 2, 0, 0, 0, 7, 0, 0, 0, 1,
+        ];
         assert!(matches!(
             parse(&buf, MAX),
             Err(FrameError::BadLength { .. })
@@ -616,7 +624,7 @@ mod tests {
                 x ^= x << 5;
                 buf.push(x as u8);
             }
-            if x % 3 == 0 && !buf.is_empty() {
+            if x.is_multiple_of(3) && !buf.is_empty() {
                 buf[0] |= 0x80;
                 if buf.len() > 1 {
                     buf[1] = 3;

@@ -118,7 +118,8 @@ impl StreamState {
     }
 
     pub fn error(&self, id: u32) -> Option<Error> {
-        self.reset.map(|(code, by_peer)| Error::StreamReset { id, code, by_peer })
+        self.reset
+            .map(|(code, by_peer)| Error::StreamReset { id, code, by_peer })
     }
 }
 
@@ -343,7 +344,13 @@ impl AsyncRead for StreamReader {
                 Error::ConnectionClosed,
             )));
         };
-        if let Some(e) = s.error(id) {
+        if s.recv_len == 0
+            && let Some(e) = s.error(id)
+        {
+            // Reset by the peer after its FIN: a clean end of what it sent.
+            if matches!(s.reset, Some((_, true))) && s.remote_fin {
+                return Poll::Ready(Ok(()));
+            }
             return Poll::Ready(Err(io_err(io::ErrorKind::ConnectionReset, e)));
         }
         if s.recv_len > 0 {

@@ -33,25 +33,24 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, oneshot, watch};
 use tracing::debug;
 
 use crate::frame::{self, Frame, Setting};
-use crate::headers::{HeaderDecoder, HeaderEncoder};
+use crate::headers::HeaderEncoder;
 use crate::stream::{FinState, Stream, StreamState, rst};
 use crate::{Config, Error, HeaderError, Headers, RstStatus};
 
 /// The window both sides assume before any SETTINGS (SPDY/3.1 default).
-const DEFAULT_WINDOW: i64 = 64 * 1024;
-const MAX_WINDOW: i64 = 0x7fff_ffff;
+pub(crate) const DEFAULT_WINDOW: i64 = 64 * 1024;
+pub(crate) const MAX_WINDOW: i64 = 0x7fff_ffff;
 /// Largest DATA payload we send in one frame.
-const DATA_CHUNK: usize = 16 * 1024;
+pub(crate) const DATA_CHUNK: usize = 16 * 1024;
 /// Bytes of DATA the writer takes per batch before looking at control frames again.
-const BATCH_BYTES: usize = 256 * 1024;
+pub(crate) const BATCH_BYTES: usize = 256 * 1024;
 /// Control frames queued before the reader stops reading the peer.
-const MAX_CONTROL_QUEUE: usize = 1024;
+pub(crate) const MAX_CONTROL_QUEUE: usize = 1024;
 /// The connection-level receive window, as a multiple of the stream window.
 const CONN_WINDOW_FACTOR: i64 = 16;
 
@@ -66,35 +65,35 @@ pub(crate) enum Control {
 /// Everything the tasks and the handles share, under one mutex (never held
 /// across an await).
 pub(crate) struct State {
-    pub streams: HashMap<u32, StreamState>,
-    pub control: VecDeque<Control>,
+    pub(crate) streams: HashMap<u32, StreamState>,
+    pub(crate) control: VecDeque<Control>,
     /// Streams with data or a FIN to send, in round-robin order.
-    pub send_queue: VecDeque<u32>,
-    accept: VecDeque<(u32, Headers)>,
-    accept_waker: Option<Waker>,
-    next_id: u32,
-    last_peer_id: u32,
-    next_ping: u32,
-    pings: HashMap<u32, oneshot::Sender<()>>,
-    goaway_sent: bool,
-    goaway_received: bool,
-    incoming_dropped: bool,
-    handles_dropped: bool,
-    pub closed: bool,
-    peer_flow_control: bool,
-    peer_initial_window: i64,
-    conn_send_window: i64,
-    conn_recv_credit: i64,
-    conn_recv_unacked: u32,
+    pub(crate) send_queue: VecDeque<u32>,
+    pub(crate) accept: VecDeque<(u32, Headers)>,
+    pub(crate) accept_waker: Option<Waker>,
+    pub(crate) next_id: u32,
+    pub(crate) last_peer_id: u32,
+    pub(crate) next_ping: u32,
+    pub(crate) pings: HashMap<u32, oneshot::Sender<()>>,
+    pub(crate) goaway_sent: bool,
+    pub(crate) goaway_received: bool,
+    pub(crate) incoming_dropped: bool,
+    pub(crate) handles_dropped: bool,
+    pub(crate) closed: bool,
+    pub(crate) peer_flow_control: bool,
+    pub(crate) peer_initial_window: i64,
+    pub(crate) conn_send_window: i64,
+    pub(crate) conn_recv_credit: i64,
+    pub(crate) conn_recv_unacked: u32,
     /// Bytes sitting in receive buffers across all streams.
-    pub buffered: usize,
+    pub(crate) buffered: usize,
     /// Peer-opened streams not yet done (bounded by `max_streams`).
-    peer_open: usize,
+    pub(crate) peer_open: usize,
 }
 
 impl State {
     /// Puts a stream in the writer's round-robin queue (once).
-    pub fn schedule(&mut self, id: u32) {
+    pub(crate) fn schedule(&mut self, id: u32) {
         if let Some(s) = self.streams.get_mut(&id)
             && !s.in_send_queue
         {
@@ -103,7 +102,7 @@ impl State {
         }
     }
 
-    fn schedule_all(&mut self) {
+    pub(crate) fn schedule_all(&mut self) {
         let ids: Vec<u32> = self
             .streams
             .iter()
@@ -116,33 +115,33 @@ impl State {
     }
 
     /// Whether DATA on `s` must wait for the peer's window.
-    fn enforce_window(&self, s: &StreamState) -> bool {
+    pub(crate) fn enforce_window(&self, s: &StreamState) -> bool {
         self.peer_flow_control || (s.local && !s.replied)
     }
 }
 
 pub(crate) struct Shared {
-    state: Mutex<State>,
-    pub writer_wake: Notify,
+    pub(crate) state: Mutex<State>,
+    pub(crate) writer_wake: Notify,
     /// The application consumed received data (wakes a paused reader task).
-    pub drained: Notify,
+    pub(crate) drained: Notify,
     /// The writer sent a batch (wakes a reader task paused on the control queue).
-    written: Notify,
-    closed_tx: watch::Sender<bool>,
-    cfg: Config,
-    is_client: bool,
-    stream_window: i64,
-    conn_window: i64,
+    pub(crate) written: Notify,
+    pub(crate) closed_tx: watch::Sender<bool>,
+    pub(crate) cfg: Config,
+    pub(crate) is_client: bool,
+    pub(crate) stream_window: i64,
+    pub(crate) conn_window: i64,
 }
 
 impl Shared {
-    pub fn lock(&self) -> MutexGuard<'_, State> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic elsewhere cannot leave the state half-updated in a way that
         // matters more than refusing all further service would.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn check_header_size(&self, raw: &[u8]) -> Result<(), Error> {
+    pub(crate) fn check_header_size(&self, raw: &[u8]) -> Result<(), Error> {
         if raw.len() > self.cfg.max_header_block.max(frame::MAX_LENGTH / 2) {
             return Err(Error::Headers(HeaderError::TooLarge {
                 limit: self.cfg.max_header_block.max(frame::MAX_LENGTH / 2),
@@ -151,7 +150,7 @@ impl Shared {
         Ok(())
     }
 
-    fn peer_parity(&self, id: u32) -> bool {
+    pub(crate) fn peer_parity(&self, id: u32) -> bool {
         // Clients open odd ids, servers even ones.
         (id % 2 == 1) != self.is_client
     }
@@ -159,7 +158,7 @@ impl Shared {
     /// Returns `n` consumed bytes as credit: to the stream (if still
     /// receiving) and to the connection, in WINDOW_UPDATEs once half a window
     /// has accumulated, so the peer sees a steady flow of credit.
-    pub fn consumed(&self, st: &mut State, id: Option<u32>, n: usize) {
+    pub(crate) fn consumed(&self, st: &mut State, id: Option<u32>, n: usize) {
         if n == 0 {
             return;
         }
@@ -196,7 +195,7 @@ impl Shared {
 
     /// Resets a stream: queues RST_STREAM when `send` and the stream is not
     /// already finished, drops its buffers and wakes its handles.
-    pub fn reset_stream(&self, st: &mut State, id: u32, code: u32, send: bool) {
+    pub(crate) fn reset_stream(&self, st: &mut State, id: u32, code: u32, send: bool) {
         let Some(s) = st.streams.get_mut(&id) else {
             return;
         };
@@ -228,7 +227,7 @@ impl Shared {
     /// Updates bookkeeping after a change to stream `id`: uncounts it when
     /// done, forgets it when no handle is left, resets it (CANCEL) when the
     /// handles went away before it finished.
-    pub fn settle(&self, st: &mut State, id: u32) {
+    pub(crate) fn settle(&self, st: &mut State, id: u32) {
         let Some(s) = st.streams.get_mut(&id) else {
             return;
         };
@@ -251,7 +250,7 @@ impl Shared {
     /// Ends the connection gracefully once nothing is left to do: after a
     /// GOAWAY (either way) or once every handle is gone, when no stream is
     /// still open.
-    pub fn check_finished(&self, st: &mut State) {
+    pub(crate) fn check_finished(&self, st: &mut State) {
         if st.closed {
             return;
         }
@@ -265,7 +264,7 @@ impl Shared {
 
     /// Marks the connection closed and wakes everyone. The writer still sends
     /// the control frames already queued (e.g. GOAWAY) before shutting down.
-    fn close(&self, st: &mut State) {
+    pub(crate) fn close(&self, st: &mut State) {
         if st.closed {
             return;
         }
@@ -285,7 +284,7 @@ impl Shared {
     }
 
     /// Sends GOAWAY with `status` and closes: the peer broke the protocol.
-    fn fatal(&self, st: &mut State, status: u32, why: &str) {
+    pub(crate) fn fatal(&self, st: &mut State, status: u32, why: &str) {
         debug!("spdy connection error: {why}");
         if !st.goaway_sent && !st.closed {
             st.goaway_sent = true;
@@ -359,671 +358,13 @@ where
         conn_window,
     });
     let (rd, wr) = tokio::io::split(io);
-    tokio::spawn(reader_task(shared.clone(), rd));
-    tokio::spawn(writer_task(shared.clone(), wr));
+    tokio::spawn(crate::recv::reader_task(shared.clone(), rd));
+    tokio::spawn(crate::send::writer_task(shared.clone(), wr));
     let conn = Connection {
         shared: shared.clone(),
         _guard: Arc::new(HandleGuard(shared.clone())),
     };
     (conn, Incoming { shared })
-}
-
-/// What the reader must wait for after handling a frame.
-enum After {
-    Continue,
-    /// Stop reading until stream `id`'s buffer (or the connection's) drains.
-    Drain(u32),
-    Stop,
-}
-
-async fn reader_task<T: AsyncRead>(shared: Arc<Shared>, mut io: ReadHalf<T>) {
-    let mut decoder = HeaderDecoder::new();
-    let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut closed = shared.closed_tx.subscribe();
-    let max = shared.cfg.max_frame_len;
-    loop {
-        let parsed = frame::parse(&buf, max);
-        match parsed {
-            Ok(Some((f, used))) => {
-                buf.advance(used);
-                let after = handle_frame(&shared, &mut decoder, f);
-                match after {
-                    After::Continue => {}
-                    After::Stop => return,
-                    After::Drain(id) => {
-                        if !wait_drained(&shared, id, &mut closed).await {
-                            return;
-                        }
-                    }
-                }
-                if !wait_control_room(&shared, &mut closed).await {
-                    return;
-                }
-                continue;
-            }
-            Ok(None) => {}
-            Err(e) => {
-                let mut st = shared.lock();
-                shared.fatal(&mut st, frame::GOAWAY_PROTOCOL_ERROR, &e.to_string());
-                return;
-            }
-        }
-        // Make room for the rest of the frame being read (its size is known
-        // from the header once we have it, and was checked against the limit).
-        let want = if buf.len() >= frame::HEADER_LEN {
-            let len = u32::from_be_bytes([0, buf[5], buf[6], buf[7]]) as usize;
-            (frame::HEADER_LEN + len)
-                .saturating_sub(buf.len())
-                .max(4096)
-        } else {
-            16 * 1024
-        };
-        buf.reserve(want);
-        tokio::select! {
-            r = io.read_buf(&mut buf) => {
-                let mut st = shared.lock();
-                match r {
-                    Ok(0) => {
-                        debug!("spdy peer closed the connection");
-                        shared.close(&mut st);
-                        return;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        debug!("spdy read error: {e}");
-                        shared.close(&mut st);
-                        return;
-                    }
-                }
-            }
-            _ = closed.wait_for(|c| *c) => return,
-        }
-    }
-}
-
-/// Waits while a non-flow-controlling peer has overrun stream `id` or the
-/// connection window. False when the connection closed meanwhile.
-async fn wait_drained(shared: &Shared, id: u32, closed: &mut watch::Receiver<bool>) -> bool {
-    loop {
-        {
-            let st = shared.lock();
-            if st.closed {
-                return false;
-            }
-            let over_stream = st
-                .streams
-                .get(&id)
-                .is_some_and(|s| s.reset.is_none() && s.recv_len as i64 > shared.stream_window);
-            let over_conn = st.buffered as i64 > shared.conn_window;
-            if !over_stream && !over_conn {
-                return true;
-            }
-        }
-        tokio::select! {
-            _ = shared.drained.notified() => {}
-            _ = closed.wait_for(|c| *c) => return false,
-        }
-    }
-}
-
-/// Waits while the control queue is over its bound (a peer flooding us with
-/// frames that need answers while not reading them).
-async fn wait_control_room(shared: &Shared, closed: &mut watch::Receiver<bool>) -> bool {
-    loop {
-        {
-            let st = shared.lock();
-            if st.closed {
-                return false;
-            }
-            if st.control.len() <= MAX_CONTROL_QUEUE {
-                return true;
-            }
-        }
-        tokio::select! {
-            _ = shared.written.notified() => {}
-            _ = closed.wait_for(|c| *c) => return false,
-        }
-    }
-}
-
-/// Decodes a header block in wire order. Ok(Err) is a stream-level problem
-/// (RST the stream, keep the connection); Err means the zlib stream is broken
-/// and the connection has been closed.
-fn decode_block(
-    shared: &Shared,
-    st: &mut State,
-    decoder: &mut HeaderDecoder,
-    block: &[u8],
-) -> Result<Result<Headers, HeaderError>, ()> {
-    match decoder.decode(block, shared.cfg.max_header_block) {
-        Ok(h) => Ok(Ok(h)),
-        Err(e) if e.is_fatal() => {
-            shared.fatal(st, frame::GOAWAY_PROTOCOL_ERROR, &e.to_string());
-            Err(())
-        }
-        Err(e) => Ok(Err(e)),
-    }
-}
-
-fn header_rst_code(e: &HeaderError) -> u32 {
-    match e {
-        HeaderError::TooLarge { .. } => RstStatus::FrameTooLarge.code(),
-        _ => RstStatus::ProtocolError.code(),
-    }
-}
-
-fn handle_frame(shared: &Shared, decoder: &mut HeaderDecoder, f: Frame) -> After {
-    let mut st = shared.lock();
-    let st = &mut *st;
-    if st.closed {
-        return After::Stop;
-    }
-    let after = match f {
-        Frame::Data {
-            stream_id,
-            fin,
-            data,
-        } => on_data(shared, st, stream_id, fin, data),
-        Frame::SynStream {
-            stream_id,
-            fin,
-            unidirectional,
-            header_block,
-            ..
-        } => {
-            let Ok(headers) = decode_block(shared, st, decoder, &header_block) else {
-                return After::Stop;
-            };
-            on_syn_stream(shared, st, stream_id, fin, unidirectional, headers);
-            After::Continue
-        }
-        Frame::SynReply {
-            stream_id,
-            fin,
-            header_block,
-        } => {
-            let Ok(headers) = decode_block(shared, st, decoder, &header_block) else {
-                return After::Stop;
-            };
-            on_syn_reply(shared, st, stream_id, fin, headers);
-            After::Continue
-        }
-        Frame::Headers {
-            stream_id,
-            fin,
-            header_block,
-        } => {
-            let Ok(headers) = decode_block(shared, st, decoder, &header_block) else {
-                return After::Stop;
-            };
-            // Extra headers carry nothing Kubernetes uses; only FIN matters.
-            match headers {
-                Err(e) => shared.reset_stream(st, stream_id, header_rst_code(&e), true),
-                Ok(_) => {
-                    if fin && let Some(s) = st.streams.get_mut(&stream_id) {
-                        s.remote_fin = true;
-                        s.wake_all();
-                    }
-                }
-            }
-            shared.settle(st, stream_id);
-            After::Continue
-        }
-        Frame::RstStream { stream_id, status } => {
-            shared.reset_stream(st, stream_id, status, false);
-            shared.settle(st, stream_id);
-            After::Continue
-        }
-        Frame::Settings { entries, .. } => {
-            st.peer_flow_control = true;
-            for e in entries {
-                if e.id == frame::SETTINGS_INITIAL_WINDOW_SIZE && i64::from(e.value) <= MAX_WINDOW {
-                    // Applies to open streams too: shift every send window.
-                    let delta = i64::from(e.value) - st.peer_initial_window;
-                    st.peer_initial_window = i64::from(e.value);
-                    for s in st.streams.values_mut() {
-                        s.send_window += delta;
-                    }
-                }
-            }
-            st.schedule_all();
-            shared.writer_wake.notify_one();
-            After::Continue
-        }
-        Frame::Ping { id } => {
-            if id != 0 {
-                if shared.peer_parity(id) {
-                    st.control.push_back(Control::Frame(Frame::Ping { id }));
-                    shared.writer_wake.notify_one();
-                } else if let Some(tx) = st.pings.remove(&id) {
-                    let _ = tx.send(());
-                }
-            }
-            After::Continue
-        }
-        Frame::GoAway {
-            last_good_stream_id,
-            ..
-        } => {
-            st.goaway_received = true;
-            // Our streams above last_good were never seen by the peer.
-            let refused: Vec<u32> = st
-                .streams
-                .iter()
-                .filter(|(id, s)| s.local && **id > last_good_stream_id && !s.done())
-                .map(|(id, _)| *id)
-                .collect();
-            for id in refused {
-                shared.reset_stream(st, id, RstStatus::RefusedStream.code(), false);
-                shared.settle(st, id);
-            }
-            if let Some(w) = st.accept_waker.take() {
-                w.wake();
-            }
-            After::Continue
-        }
-        Frame::WindowUpdate { stream_id, delta } => {
-            st.peer_flow_control = true;
-            if delta != 0 {
-                on_window_update(shared, st, stream_id, delta);
-            }
-            After::Continue
-        }
-        Frame::Unknown {
-            version,
-            kind,
-            payload,
-            ..
-        } => {
-            if version != frame::VERSION {
-                if kind == 1 && payload.len() >= 4 {
-                    let id = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
-                        & 0x7fff_ffff;
-                    st.control
-                        .push_back(rst(id, RstStatus::UnsupportedVersion.code()));
-                }
-                // Its header blocks (if any) used a zlib stream we cannot
-                // follow, so the connection is unusable.
-                shared.fatal(
-                    st,
-                    frame::GOAWAY_PROTOCOL_ERROR,
-                    &format!("unsupported SPDY version {version}"),
-                );
-                return After::Stop;
-            }
-            // Unknown control frame types are ignored, per the spec.
-            After::Continue
-        }
-    };
-    shared.check_finished(st);
-    if st.closed {
-        return After::Stop;
-    }
-    after
-}
-
-fn on_data(shared: &Shared, st: &mut State, id: u32, fin: bool, data: bytes::Bytes) -> After {
-    let len = data.len();
-    st.conn_recv_credit -= len as i64;
-    if st.peer_flow_control && st.conn_recv_credit < 0 {
-        shared.fatal(
-            st,
-            frame::GOAWAY_PROTOCOL_ERROR,
-            "peer overran the connection flow-control window",
-        );
-        return After::Stop;
-    }
-    let peer_fc = st.peer_flow_control;
-    let Some(s) = st.streams.get_mut(&id) else {
-        // A stream we already forgot (reset or closed): its bytes still
-        // count against the connection window, so credit them back.
-        shared.consumed(st, None, len);
-        return After::Continue;
-    };
-    if s.reset.is_some() {
-        shared.consumed(st, None, len);
-        return After::Continue;
-    }
-    if s.remote_fin {
-        shared.reset_stream(st, id, RstStatus::StreamAlreadyClosed.code(), true);
-        shared.consumed(st, None, len);
-        shared.settle(st, id);
-        return After::Continue;
-    }
-    s.recv_credit -= len as i64;
-    if peer_fc && s.recv_credit < 0 {
-        shared.reset_stream(st, id, RstStatus::FlowControlError.code(), true);
-        shared.consumed(st, None, len);
-        shared.settle(st, id);
-        return After::Continue;
-    }
-    let mut credit_now = 0;
-    if s.reader_alive {
-        if len > 0 {
-            s.recv_buf.push_back(data);
-            s.recv_len += len;
-        }
-    } else {
-        credit_now = len;
-    }
-    if fin {
-        s.remote_fin = true;
-    }
-    if let Some(w) = s.read_waker.take() {
-        w.wake();
-    }
-    if fin && let Some(w) = s.reply_waker.take() {
-        w.wake();
-    }
-    let recv_len = s.recv_len;
-    if credit_now > 0 {
-        shared.consumed(st, None, credit_now);
-    } else {
-        st.buffered += len;
-    }
-    shared.settle(st, id);
-    if !peer_fc
-        && (recv_len as i64 > shared.stream_window || st.buffered as i64 > shared.conn_window)
-    {
-        return After::Drain(id);
-    }
-    After::Continue
-}
-
-fn on_syn_stream(
-    shared: &Shared,
-    st: &mut State,
-    id: u32,
-    fin: bool,
-    unidirectional: bool,
-    headers: Result<Headers, HeaderError>,
-) {
-    if id == 0 || !shared.peer_parity(id) || id <= st.last_peer_id {
-        // The id is not one the peer may open now; an existing stream with
-        // it is broken too.
-        if st.streams.contains_key(&id) {
-            shared.reset_stream(st, id, RstStatus::ProtocolError.code(), true);
-            shared.settle(st, id);
-        } else if id != 0 {
-            st.control
-                .push_back(rst(id, RstStatus::ProtocolError.code()));
-            shared.writer_wake.notify_one();
-        }
-        return;
-    }
-    st.last_peer_id = id;
-    let refuse = |st: &mut State, code: RstStatus| {
-        st.control.push_back(rst(id, code.code()));
-        shared.writer_wake.notify_one();
-    };
-    let headers = match headers {
-        Ok(h) => h,
-        Err(e) => {
-            return refuse(
-                st,
-                RstStatus::from_code(header_rst_code(&e)).unwrap_or(RstStatus::ProtocolError),
-            );
-        }
-    };
-    if st.goaway_sent || st.incoming_dropped || st.peer_open >= shared.cfg.max_streams {
-        return refuse(st, RstStatus::RefusedStream);
-    }
-    let mut s = StreamState::new(
-        false,
-        st.peer_initial_window,
-        shared.stream_window.max(DEFAULT_WINDOW),
-    );
-    s.remote_fin = fin;
-    if unidirectional {
-        // We may not send on it: our side is closed from the start.
-        s.fin = FinState::Sent;
-        s.replied = true;
-    }
-    s.counted = true;
-    st.peer_open += 1;
-    st.streams.insert(id, s);
-    st.accept.push_back((id, headers));
-    if let Some(w) = st.accept_waker.take() {
-        w.wake();
-    }
-}
-
-fn on_syn_reply(
-    shared: &Shared,
-    st: &mut State,
-    id: u32,
-    fin: bool,
-    headers: Result<Headers, HeaderError>,
-) {
-    let Some(s) = st.streams.get_mut(&id) else {
-        // Reply for a stream we already reset or forgot: nothing to do.
-        return;
-    };
-    if s.reset.is_some() {
-        return;
-    }
-    if !s.local {
-        shared.reset_stream(st, id, RstStatus::ProtocolError.code(), true);
-    } else if s.replied {
-        shared.reset_stream(st, id, RstStatus::StreamInUse.code(), true);
-    } else {
-        match headers {
-            Err(e) => shared.reset_stream(st, id, header_rst_code(&e), true),
-            Ok(h) => {
-                s.replied = true;
-                s.reply = Some(h);
-                if fin {
-                    s.remote_fin = true;
-                }
-                s.wake_all();
-                // Windows may no longer be enforced (see the module docs).
-                st.schedule(id);
-                shared.writer_wake.notify_one();
-            }
-        }
-    }
-    shared.settle(st, id);
-}
-
-fn on_window_update(shared: &Shared, st: &mut State, id: u32, delta: u32) {
-    let delta = i64::from(delta);
-    if id == 0 {
-        st.conn_send_window += delta;
-        if st.conn_send_window > MAX_WINDOW {
-            shared.fatal(
-                st,
-                frame::GOAWAY_PROTOCOL_ERROR,
-                "connection window grew past 2^31-1",
-            );
-            return;
-        }
-        st.schedule_all();
-    } else {
-        let Some(s) = st.streams.get_mut(&id) else {
-            return;
-        };
-        s.send_window += delta;
-        if s.send_window > MAX_WINDOW {
-            shared.reset_stream(st, id, RstStatus::FlowControlError.code(), true);
-            shared.settle(st, id);
-            return;
-        }
-        st.schedule(id);
-    }
-    shared.writer_wake.notify_one();
-}
-
-/// Moves the next batch of frames out of the state: all queued control
-/// frames, then DATA round-robin within windows and `BATCH_BYTES`. Returns
-/// true when the connection is closed (send the control frames, then stop).
-fn take_batch(shared: &Shared, st: &mut State, out: &mut Vec<Control>) -> bool {
-    out.extend(st.control.drain(..));
-    if st.closed {
-        st.send_queue.clear();
-        return true;
-    }
-    let mut budget = BATCH_BYTES;
-    while budget > 0 {
-        let Some(id) = st.send_queue.pop_front() else {
-            break;
-        };
-        let enforce;
-        {
-            let Some(s) = st.streams.get(&id) else {
-                continue;
-            };
-            enforce = st.enforce_window(s);
-        }
-        let conn_window = st.conn_send_window;
-        let Some(s) = st.streams.get_mut(&id) else {
-            continue;
-        };
-        s.in_send_queue = false;
-        // Peer-opened streams send nothing before our SYN_REPLY.
-        if s.reset.is_some() || s.fin == FinState::Sent || !s.replied && !s.local {
-            continue;
-        }
-        let mut frame = None;
-        if !s.out.is_empty() {
-            let allowed = if enforce {
-                s.send_window.min(conn_window).max(0) as usize
-            } else {
-                usize::MAX
-            };
-            let n = s.out.len().min(DATA_CHUNK).min(allowed).min(budget);
-            if n == 0 {
-                // Blocked on the window: a WINDOW_UPDATE reschedules it.
-                continue;
-            }
-            let data = s.out.split_to(n).freeze();
-            let fin = s.out.is_empty() && s.fin == FinState::Queued;
-            s.send_window -= n as i64;
-            budget -= n;
-            frame = Some((data, fin, n));
-        } else if s.fin == FinState::Queued {
-            frame = Some((bytes::Bytes::new(), true, 0));
-        }
-        let Some((data, fin, n)) = frame else {
-            continue;
-        };
-        if fin {
-            s.fin = FinState::Sent;
-        }
-        s.wake_writer();
-        let more = !s.out.is_empty();
-        st.conn_send_window -= n as i64;
-        out.push(Control::Frame(Frame::Data {
-            stream_id: id,
-            fin,
-            data,
-        }));
-        if more {
-            st.schedule(id);
-        }
-        if fin {
-            shared.settle(st, id);
-        }
-    }
-    shared.check_finished(st);
-    false
-}
-
-async fn writer_task<T: AsyncWrite>(shared: Arc<Shared>, mut io: WriteHalf<T>) {
-    let mut encoder = HeaderEncoder::new();
-    let mut batch = Vec::new();
-    let mut buf = Vec::with_capacity(64 * 1024);
-    let mut block = Vec::new();
-    loop {
-        let closing = {
-            let mut st = shared.lock();
-            take_batch(&shared, &mut st, &mut batch)
-        };
-        if batch.is_empty() {
-            if closing {
-                break;
-            }
-            shared.writer_wake.notified().await;
-            continue;
-        }
-        buf.clear();
-        let mut failed = None;
-        for item in batch.drain(..) {
-            let (f, raw) = match item {
-                Control::Frame(f) => {
-                    frame::encode(&f, &mut buf);
-                    continue;
-                }
-                Control::SynStream { id, raw, fin } => (
-                    Frame::SynStream {
-                        stream_id: id,
-                        associated_to: 0,
-                        priority: 0,
-                        slot: 0,
-                        fin,
-                        unidirectional: false,
-                        header_block: bytes::Bytes::new(),
-                    },
-                    raw,
-                ),
-                Control::SynReply { id, raw, fin } => (
-                    Frame::SynReply {
-                        stream_id: id,
-                        fin,
-                        header_block: bytes::Bytes::new(),
-                    },
-                    raw,
-                ),
-            };
-            block.clear();
-            if let Err(e) = encoder.compress(&raw, &mut block) {
-                failed = Some(e.to_string());
-                break;
-            }
-            let f = match f {
-                Frame::SynStream { stream_id, fin, .. } => Frame::SynStream {
-                    stream_id,
-                    associated_to: 0,
-                    priority: 0,
-                    slot: 0,
-                    fin,
-                    unidirectional: false,
-                    header_block: bytes::Bytes::copy_from_slice(&block),
-                },
-                Frame::SynReply { stream_id, fin, .. } => Frame::SynReply {
-                    stream_id,
-                    fin,
-                    header_block: bytes::Bytes::copy_from_slice(&block),
-                },
-                other => other,
-            };
-            frame::encode(&f, &mut buf);
-        }
-        if let Some(why) = failed {
-            // The zlib stream is now out of step with the peer's.
-            {
-                let mut st = shared.lock();
-                shared.fatal(&mut st, frame::GOAWAY_INTERNAL_ERROR, &why);
-            }
-            let _ = io.write_all(&buf).await;
-            break;
-        }
-        let res = async {
-            io.write_all(&buf).await?;
-            io.flush().await
-        }
-        .await;
-        shared.written.notify_one();
-        if let Err(e) = res {
-            debug!("spdy write error: {e}");
-            let mut st = shared.lock();
-            shared.close(&mut st);
-            return;
-        }
-        if closing {
-            break;
-        }
-    }
-    let _ = io.shutdown().await;
 }
 
 /// Drop guard shared by all clones of a [`Connection`].

@@ -19,6 +19,8 @@ mod conn;
 mod error;
 pub mod frame;
 pub mod headers;
+mod recv;
+mod send;
 mod stream;
 
 pub use conn::{Connection, Incoming};

@@ -15,6 +15,8 @@
 //! stop reading the socket until the application catches up, so memory stays
 //! bounded either way. See `conn.rs` for details.
 
+#![warn(missing_docs)]
+
 mod conn;
 mod error;
 pub mod frame;

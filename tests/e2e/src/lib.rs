@@ -18,6 +18,7 @@ pub mod pods;
 pub mod proxy;
 pub mod push;
 pub mod registry;
+pub mod streaming;
 pub mod util;
 
 pub use berthd::{Berthd, BerthdOptions, MAPPED_REGISTRIES, RegistryEntry};

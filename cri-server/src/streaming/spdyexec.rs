@@ -167,6 +167,11 @@ async fn serve<T>(
     let session = match session.await {
         Ok(s) => s,
         Err(e) => {
+            // client-go waits for stdout and stderr to end as well as for the status.
+            for s in [stdout, stderr].into_iter().flatten() {
+                let (_r, mut w) = tokio::io::split(s);
+                let _ = w.shutdown().await;
+            }
             let status = remotecommand::status_bytes(version, &Err(Failure::Internal(e)));
             let _ = error.write_all(&status).await;
             let _ = error.shutdown().await;

@@ -423,3 +423,62 @@ async fn port_forward_many_connections_over_both_transports() {
         );
     }
 }
+
+#[tokio::test]
+async fn tls_serves_https_urls_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let mut params = params;
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    let cert = params.self_signed(&key).unwrap();
+    let cert_path = dir.path().join("c.pem");
+    let key_path = dir.path().join("k.pem");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let config = StreamingConfig {
+        tls_cert_file: Some(cert_path),
+        tls_key_file: Some(key_path.clone()),
+        ..Default::default()
+    };
+    let s = super::start(&config, Arc::new(Fake::default()), std::future::pending())
+        .await
+        .unwrap();
+    assert!(
+        s.base_url().starts_with("https://127.0.0.1:"),
+        "{}",
+        s.base_url()
+    );
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let addr = s.base_url().trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /exec/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp).await;
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+
+    // A key that does not fit the certificate is refused at start, naming it.
+    let other = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(&key_path, other.serialize_pem()).unwrap();
+    let e = super::start(&config, Arc::new(Fake::default()), std::future::pending())
+        .await
+        .err()
+        .unwrap();
+    assert!(format!("{e:#}").contains("do not fit"), "{e:#}");
+}

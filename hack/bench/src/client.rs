@@ -167,6 +167,22 @@ impl Client {
     }
 
     /// PodSandboxStatus: the status and the verbose `info` map (empty unless `verbose`).
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: &[&str],
+        timeout_secs: i64,
+    ) -> Result<api::ExecSyncResponse, Status> {
+        let mut c = self.runtime.clone();
+        let req = api::ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: timeout_secs,
+        };
+        bounded("ExecSync", CALL_TIMEOUT, c.exec_sync(req)).await
+    }
+
+    /// RuntimeService/PodSandboxStatus; the verbose info map when asked for.
     pub async fn pod_status(
         &self,
         id: &str,

@@ -28,6 +28,7 @@ mod report;
 mod results;
 mod runtime;
 mod stats;
+mod streams;
 mod versions;
 mod workload;
 

@@ -221,6 +221,27 @@ impl Results {
                 Target::median(0.5),
             ),
             op(
+                "exec.sync",
+                "ExecSync `true` (an exec probe)".into(),
+                false,
+                Some(Target {
+                    median: Some(0.5),
+                    p95: Some(0.5),
+                }),
+            ),
+            op(
+                "exec.ttfb",
+                "exec over SPDY: Exec to first stdout byte".into(),
+                false,
+                None,
+            ),
+            op(
+                "exec.throughput",
+                "exec over SPDY: 100 MiB of stdout".into(),
+                false,
+                Target::median(1.0),
+            ),
+            op(
                 "call.version",
                 "Version after 20 ms idle (no work: client and transport)".into(),
                 false,

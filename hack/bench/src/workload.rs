@@ -8,6 +8,8 @@
 //! 5. with those pods running: ListContainers, ListPodSandbox, ContainerStatus,
 //!    ListContainerStats, and Version after a pause (the floor of a call);
 //! 6. memory of each runtime and its helpers at 0 pods, one batch and all pods;
+//! 7. ExecSync probes, streaming exec (first byte, 100 MiB) and a monitor or shim with an
+//!    attach session (see `streams`);
 //!
 //! and finally the parallel pods are torn down in parallel batches.
 
@@ -87,6 +89,13 @@ pub async fn run_all(
         plan.running_pods, plan.list_rounds
     );
     list_calls(rts, &running, plan.list_rounds, results).await?;
+    eprintln!("berth-bench: (7) exec probes and streaming exec / attach");
+    let (rounds, throughput) = match plan.mode {
+        crate::plan::Mode::Smoke => (2, 1),
+        crate::plan::Mode::Quick => (plan.list_rounds, 2),
+        crate::plan::Mode::Full => (plan.list_rounds, 5),
+    };
+    crate::streams::run(rts, &running, rounds, throughput, results).await?;
     eprintln!("berth-bench: (6) memory with {} pods", plan.running_pods);
     let top = sample_memory(rts, &running).await?;
     if top.pods != plan.parallelism {

@@ -594,3 +594,59 @@ where
 
 /// The time a test waits for a session at most.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Exec: the URL berthd answers for `cmd` in container `id`.
+pub async fn exec_url(
+    cri: &crate::Cri,
+    id: &str,
+    cmd: &[&str],
+    o: StdioOpts,
+) -> std::result::Result<String, tonic::Status> {
+    let mut c = cri.runtime.clone();
+    let r = c
+        .exec(k8s_cri::v1::ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: o.tty,
+            stdin: o.stdin,
+            stdout: o.stdout,
+            stderr: o.stderr,
+        })
+        .await?;
+    Ok(r.into_inner().url)
+}
+
+/// Attach: the URL berthd answers for container `id`.
+pub async fn attach_url(
+    cri: &crate::Cri,
+    id: &str,
+    o: StdioOpts,
+) -> std::result::Result<String, tonic::Status> {
+    let mut c = cri.runtime.clone();
+    let r = c
+        .attach(k8s_cri::v1::AttachRequest {
+            container_id: id.into(),
+            tty: o.tty,
+            stdin: o.stdin,
+            stdout: o.stdout,
+            stderr: o.stderr,
+        })
+        .await?;
+    Ok(r.into_inner().url)
+}
+
+/// PortForward: the URL berthd answers for pod `id`.
+pub async fn port_forward_url(
+    cri: &crate::Cri,
+    id: &str,
+    ports: &[i32],
+) -> std::result::Result<String, tonic::Status> {
+    let mut c = cri.runtime.clone();
+    let r = c
+        .port_forward(k8s_cri::v1::PortForwardRequest {
+            pod_sandbox_id: id.into(),
+            port: ports.to_vec(),
+        })
+        .await?;
+    Ok(r.into_inner().url)
+}

@@ -11,6 +11,7 @@ mod runtime;
 mod serve;
 mod socket;
 mod status;
+mod streaming;
 mod work;
 
 use std::path::PathBuf;
@@ -212,7 +213,13 @@ async fn run(
         .context("take the CRI socket listener")?;
     let config_json = serde_json::to_string(&config).unwrap_or_default();
     let work = work::Work::new(tokio::runtime::Handle::current());
-    let runtime_api = runtime::RuntimeApi::new(config_json, pods.clone(), work.clone());
+    let streaming = streaming::start(
+        &config.streaming,
+        Arc::new(streaming::PodBackend::new(pods.clone())),
+        wait_stop(),
+    )
+    .await?;
+    let runtime_api = runtime::RuntimeApi::new(config_json, pods.clone(), work.clone(), streaming);
     let runtime_server =
         fastlists::RuntimeServer::new(runtime_api, pods.clone(), MAX_MESSAGE_BYTES);
     let image_api = image::ImageApi::new(images, pods.clone(), Arc::clone(&metrics), work);

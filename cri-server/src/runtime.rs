@@ -1,6 +1,7 @@
 //! The CRI RuntimeService: each RPC maps onto one `runtime_core::pods::PodService` call.
-//! Streaming (Exec, Attach, PortForward), stats and events are not implemented yet and
-//! answer Unimplemented.
+//! Exec, Attach and PortForward check the request and answer a URL on the streaming
+//! server. Events, the metrics RPCs and checkpoints are not implemented yet and answer
+//! Unimplemented.
 
 use std::collections::HashMap;
 
@@ -9,6 +10,7 @@ use runtime_core::pods::PodService;
 use tonic::{Request, Response, Status};
 
 use crate::status::IntoStatus;
+use crate::streaming::{AttachTarget, ExecTarget, Pending, Streaming};
 use crate::work::Work;
 
 /// Name reported by Version.
@@ -21,17 +23,32 @@ pub struct RuntimeApi {
     config_json: String,
     pods: PodService,
     work: Work,
+    streaming: Streaming,
 }
 
 impl RuntimeApi {
     /// `config_json` is the effective configuration, shown by a verbose Status; `work` runs
-    /// the operations that take more than a lookup.
-    pub fn new(config_json: String, pods: PodService, work: Work) -> RuntimeApi {
+    /// the operations that take more than a lookup; `streaming` hands out the URLs of
+    /// Exec, Attach and PortForward.
+    pub fn new(
+        config_json: String,
+        pods: PodService,
+        work: Work,
+        streaming: Streaming,
+    ) -> RuntimeApi {
         RuntimeApi {
             config_json,
             pods,
             work,
+            streaming,
         }
+    }
+
+    /// Parks a streaming request and returns its URL.
+    fn stream_url(&self, request: Pending) -> Result<String, Status> {
+        self.streaming
+            .url(request)
+            .map_err(|e| Status::resource_exhausted(e.to_string()))
     }
 
     /// Runs blocking `f` on the work runtime's blocking threads.
@@ -49,6 +66,21 @@ fn decoded<M: prost::Message + Default>(bytes: &[u8]) -> Result<Response<M>, Sta
     M::decode(bytes)
         .map(Response::new)
         .map_err(|e| Status::internal(format!("decode a list answer: {e}")))
+}
+
+/// The stdio rules of Exec and Attach (kubelet's streaming server checks the same).
+fn check_stdio(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<(), Status> {
+    if tty && stderr {
+        return Err(Status::invalid_argument(
+            "tty and stderr cannot both be true",
+        ));
+    }
+    if !stdin && !stdout && !stderr {
+        return Err(Status::invalid_argument(
+            "one of stdin, stdout, or stderr must be set",
+        ));
+    }
+    Ok(())
 }
 
 fn unimplemented(rpc: &str) -> Status {
@@ -329,23 +361,55 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn exec(
         &self,
-        _request: Request<cri::ExecRequest>,
+        request: Request<cri::ExecRequest>,
     ) -> Result<Response<cri::ExecResponse>, Status> {
-        Err(unimplemented("Exec"))
+        let req = request.into_inner();
+        if req.cmd.is_empty() || req.cmd[0].is_empty() {
+            return Err(Status::invalid_argument("cmd must not be empty"));
+        }
+        check_stdio(req.tty, req.stdin, req.stdout, req.stderr)?;
+        self.pods.check_running(&req.container_id).await.status()?;
+        let url = self.stream_url(Pending::Exec(ExecTarget {
+            container_id: req.container_id,
+            cmd: req.cmd,
+            tty: req.tty,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        }))?;
+        Ok(Response::new(cri::ExecResponse { url }))
     }
 
     async fn attach(
         &self,
-        _request: Request<cri::AttachRequest>,
+        request: Request<cri::AttachRequest>,
     ) -> Result<Response<cri::AttachResponse>, Status> {
-        Err(unimplemented("Attach"))
+        let req = request.into_inner();
+        check_stdio(req.tty, req.stdin, req.stdout, req.stderr)?;
+        self.pods.check_running(&req.container_id).await.status()?;
+        let url = self.stream_url(Pending::Attach(AttachTarget {
+            container_id: req.container_id,
+            tty: req.tty,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        }))?;
+        Ok(Response::new(cri::AttachResponse { url }))
     }
 
     async fn port_forward(
         &self,
-        _request: Request<cri::PortForwardRequest>,
+        request: Request<cri::PortForwardRequest>,
     ) -> Result<Response<cri::PortForwardResponse>, Status> {
-        Err(unimplemented("PortForward"))
+        let req = request.into_inner();
+        if let Some(p) = req.port.iter().find(|p| !(1..=65535).contains(*p)) {
+            return Err(Status::invalid_argument(format!(
+                "port {p} is not a TCP port (1-65535)"
+            )));
+        }
+        self.pods.port_forward_netns(&req.pod_sandbox_id).status()?;
+        let url = self.stream_url(Pending::PortForward(req.pod_sandbox_id))?;
+        Ok(Response::new(cri::PortForwardResponse { url }))
     }
 
     async fn container_stats(

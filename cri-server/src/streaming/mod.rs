@@ -2,7 +2,7 @@
 //! crictl upgrade a connection there to SPDY/3.1 or WebSocket (see docs/streaming.md).
 
 pub mod backend;
-// mod pods;
+mod pods;
 #[cfg(test)]
 pub mod fake;
 mod portforward;
@@ -21,7 +21,7 @@ use runtime_core::config::StreamingConfig;
 use tokio::net::TcpListener;
 
 pub use backend::{AttachTarget, Backend, ExecTarget};
-// pub use pods::PodBackend;
+pub use pods::PodBackend;
 pub use tokens::Pending;
 
 /// How long a client has after the upgrade to open the streams it asked for (kubelet's

@@ -402,9 +402,15 @@ impl PodService {
     }
 
     /// StopContainer: the image's stop signal (default SIGTERM), SIGKILL after `timeout`
-    /// seconds. Idempotent for containers that are not running.
+    /// seconds. Idempotent for containers that are not running and for unknown IDs.
     pub async fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
-        let entry = self.container(id)?;
+        // Idempotent like RemoveContainer: an unknown ID is already stopped (critest's
+        // Idempotence spec, CRI-O's answer).
+        let entry = match self.container(id) {
+            Ok(e) => e,
+            Err(Error::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         let _op = entry.op.lock().await;
         let rec = entry.get();
         if self.lifecycle(&rec) != Lifecycle::Running {

@@ -11,6 +11,7 @@ mod lists;
 pub mod records;
 pub mod sandbox;
 pub mod stats;
+mod streaming;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -73,6 +73,12 @@ pub enum MonitorError {
         /// The failure, naming the file.
         message: String,
     },
+    /// The monitor serves as many attach and exec sessions as it allows.
+    #[error("the monitor already serves {limit} attach / exec sessions")]
+    TooManySessions {
+        /// The limit.
+        limit: usize,
+    },
     /// The peer spoke something that is not the monitor protocol.
     #[error("monitor protocol error: {message}")]
     Protocol {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::MonitorError;
 
 /// Version of the wire protocol, reported by `ping`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Asks the monitor to run the OCI runtime's create command for a container and to take
 /// charge of its process, output and exit.
@@ -36,6 +36,50 @@ pub struct CreateRequest {
     /// Deadline of the create command in seconds (0: 60 s).
     #[serde(default)]
     pub timeout_secs: u64,
+    /// A terminal container: the monitor listens on this socket (absolute, at most 107
+    /// bytes) before it runs `argv`, which must pass it as `--console-socket`, and takes
+    /// the terminal's master from the runtime over it. The terminal's output is logged as
+    /// `stdout`, and is the container's stdin.
+    #[serde(default)]
+    pub console_socket: Option<PathBuf>,
+    /// Keep the container's stdin open: a pipe whose write end the monitor holds (the
+    /// terminal itself with `console_socket`), written by attach sessions. Without it the
+    /// container's stdin is `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
+    /// With `stdin`: the container's stdin is closed when the first attach session that
+    /// had stdin ends.
+    #[serde(default)]
+    pub stdin_once: bool,
+}
+
+/// Asks the monitor to run the OCI runtime's exec command (detached) for a process in a
+/// running container and to serve the process's stdio on the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// The container (known to the monitor and running).
+    pub container_id: String,
+    /// The full exec command line, program first (absolute), detached, writing the
+    /// process's pid to `pid_file` (`runc ... exec --detach --pid-file P [--tty
+    /// --console-socket S] ID cmd...`). It runs with stdin a pipe (with `stdin`, else
+    /// `/dev/null`), stdout and stderr on pipes, cwd `/`; without a terminal the runtime
+    /// hands them on to the process.
+    pub argv: Vec<String>,
+    /// Where the runtime writes the process's host pid; removed once read.
+    pub pid_file: PathBuf,
+    /// The process has a terminal: `console_socket` is then required.
+    #[serde(default)]
+    pub tty: bool,
+    /// The process's stdin is written by the session (else it is `/dev/null`).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Deadline of the exec command (not of the process) in seconds (0: 60 s).
+    #[serde(default)]
+    pub timeout_secs: u64,
+    /// With `tty`: the socket the monitor listens on for the terminal's master (absolute,
+    /// at most 107 bytes), passed in `argv` as `--console-socket`.
+    #[serde(default)]
+    pub console_socket: Option<PathBuf>,
 }
 
 /// The answer to a successful create.
@@ -95,6 +139,22 @@ pub enum Request {
     /// Start `berth-monitor pause` as PID 1 of a new PID namespace, as a child of the
     /// monitor; answers its host pid and writes `<pod_dir>/pause.pid`.
     SpawnPause,
+    /// Attach to a running container's stdio; answered by `attached`, then frames.
+    Attach {
+        /// The container ID.
+        container_id: String,
+        /// Write to the container's stdin (it must have been created with `stdin`).
+        #[serde(default)]
+        stdin: bool,
+        /// Receive its stdout (a terminal's output too).
+        #[serde(default)]
+        stdout: bool,
+        /// Receive its stderr (nothing for a terminal).
+        #[serde(default)]
+        stderr: bool,
+    },
+    /// Run a process in a running container; answered by `exec_started`, then frames.
+    Exec(ExecRequest),
 }
 
 /// A reply: one JSON object on one line, tagged by `result`.
@@ -123,6 +183,16 @@ pub enum Reply {
     /// The answer to `spawn_pause`.
     Pause {
         /// Host pid of the pause process.
+        pid: i32,
+    },
+    /// The attach session begins; frames follow.
+    Attached {
+        /// The container has a terminal (its output is all `stdout`).
+        tty: bool,
+    },
+    /// The exec'd process runs; frames follow.
+    ExecStarted {
+        /// Its host pid.
         pid: i32,
     },
     /// The request failed.

@@ -12,350 +12,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use runtime_core::monitor::{
-    self, ContainerState, CreateRequest, ExitInfo, MonitorClient, MonitorError, read_exit_file,
+    self, ContainerState, CreateRequest, MonitorClient, MonitorError, read_exit_file,
 };
 
-const RUNC: &str = "/usr/sbin/runc";
-const BUSYBOX: &str = "/bin/busybox";
-
-fn monitor_bin() -> PathBuf {
-    std::env::var_os("BERTH_MONITOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_berth-monitor")))
-}
-
-fn random_suffix() -> String {
-    let mut buf = [0u8; 6];
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(&mut buf)
-        .unwrap();
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Polls `f` every 10 ms until it returns `Some`, failing after `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-async fn wait_for_async<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-fn process_gone(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            .unwrap_or(true),
-        Err(_) => true,
-    }
-}
-
-fn status_field(pid: i32, field: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| {
-        l.strip_prefix(field)
-            .and_then(|r| r.strip_prefix(':'))
-            .map(|v| v.trim().to_string())
-    })
-}
-
-fn stat_fields(pid: i32) -> Vec<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let (_, rest) = stat.rsplit_once(')').unwrap();
-    rest.split_whitespace().map(str::to_string).collect()
-}
-
-/// A pod directory with a running monitor, a runc root and the containers created in it.
-struct Fixture {
-    dir: tempfile::TempDir,
-    runc_root: PathBuf,
-    pod_dir: PathBuf,
-    monitor_pid: i32,
-    client: MonitorClient,
-    containers: Vec<String>,
-    cgroup: String,
-    pause_pids: Vec<i32>,
-}
-
-struct Bundle {
-    id: String,
-    dir: PathBuf,
-}
-
-impl Fixture {
-    fn new() -> Fixture {
-        let dir = tempfile::Builder::new()
-            .prefix("berth-mon-")
-            .tempdir_in("/tmp")
-            .unwrap();
-        let pod_dir = dir.path().join("pod");
-        let runc_root = dir.path().join("runc");
-        std::fs::create_dir_all(&pod_dir).unwrap();
-        std::fs::create_dir_all(&runc_root).unwrap();
-        std::fs::create_dir_all(dir.path().join("logs")).unwrap();
-        let info = monitor::spawn(&monitor_bin(), &pod_dir).expect("spawn monitor");
-        assert_eq!(info.socket, pod_dir.join("monitor.sock"));
-        let pid_file = std::fs::read_to_string(pod_dir.join("monitor.pid")).unwrap();
-        assert_eq!(pid_file.trim(), info.pid.to_string());
-        Fixture {
-            client: MonitorClient::new(info.socket.clone()),
-            monitor_pid: info.pid,
-            dir,
-            runc_root,
-            pod_dir,
-            containers: Vec::new(),
-            cgroup: format!("berth-test-{}", random_suffix()),
-            pause_pids: Vec::new(),
-        }
-    }
-
-    /// A bundle with a busybox rootfs running `args`.
-    fn bundle(&mut self, id: &str, args: &[&str]) -> Bundle {
-        let dir = self.dir.path().join("bundles").join(id);
-        let rootfs = dir.join("rootfs");
-        for d in ["bin", "proc", "dev", "sys", "tmp"] {
-            std::fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
-        std::fs::copy(BUSYBOX, rootfs.join("bin/busybox")).unwrap();
-        for applet in ["sh", "echo", "sleep", "cat", "head", "seq", "kill", "tr"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
-        }
-        let config = serde_json::json!({
-            "ociVersion": "1.0.2",
-            "process": {
-                "terminal": false,
-                "user": {"uid": 0, "gid": 0},
-                "args": args,
-                "env": ["PATH=/bin"],
-                "cwd": "/",
-                "noNewPrivileges": true
-            },
-            "root": {"path": "rootfs", "readonly": false},
-            "hostname": "berth-test",
-            "mounts": [
-                {"destination": "/proc", "type": "proc", "source": "proc"},
-                {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-                 "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-                 "options": ["nosuid", "noexec", "nodev", "ro"]}
-            ],
-            "linux": {
-                "cgroupsPath": format!("/{}-{id}", self.cgroup),
-                "namespaces": [
-                    {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"}
-                ]
-            }
-        });
-        std::fs::write(
-            dir.join("config.json"),
-            serde_json::to_vec_pretty(&config).unwrap(),
-        )
-        .unwrap();
-        Bundle {
-            id: id.to_string(),
-            dir,
-        }
-    }
-
-    fn log_path(&self, id: &str) -> PathBuf {
-        self.dir.path().join("logs").join(format!("{id}.log"))
-    }
-
-    fn create_request(&mut self, b: &Bundle) -> CreateRequest {
-        self.containers.push(b.id.clone());
-        let pid_file = b.dir.join("init.pid");
-        let argv = [
-            RUNC,
-            "--root",
-            self.runc_root.to_str().unwrap(),
-            "--log",
-            b.dir.join("runc.log").to_str().unwrap(),
-            "--log-format",
-            "json",
-            "create",
-            "--bundle",
-            b.dir.to_str().unwrap(),
-            "--pid-file",
-            pid_file.to_str().unwrap(),
-            &b.id,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        CreateRequest {
-            container_id: b.id.clone(),
-            argv,
-            pid_file,
-            log_path: self.log_path(&b.id),
-            exit_file: b.dir.join("exit.json"),
-            oom_control: Some(
-                PathBuf::from("/sys/fs/cgroup/memory")
-                    .join(format!("{}-{}", self.cgroup, b.id))
-                    .join("memory.oom_control"),
-            ),
-            timeout_secs: 30,
-        }
-    }
-
-    fn runc(&self, args: &[&str]) {
-        let out = Command::new(RUNC)
-            .arg("--root")
-            .arg(&self.runc_root)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "runc {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// Creates and starts a container; returns its init pid.
-    async fn run(&mut self, id: &str, args: &[&str]) -> (Bundle, i32) {
-        let b = self.bundle(id, args);
-        let req = self.create_request(&b);
-        let resp = self.client.create(req).await.expect("create");
-        assert!(resp.pid > 0);
-        self.runc(&["start", id]);
-        (b, resp.pid)
-    }
-
-    async fn wait_exit(&self, id: &str) -> ExitInfo {
-        wait_for_async(
-            &format!("exit of {id}"),
-            Duration::from_secs(20),
-            || async {
-                let list = self.client.list().await.expect("list");
-                list.into_iter().find(|c| c.id == id).and_then(|c| c.exit)
-            },
-        )
-        .await
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        for id in &self.containers {
-            let _ = Command::new(RUNC)
-                .arg("--root")
-                .arg(&self.runc_root)
-                .args(["delete", "-f", id])
-                .output();
-        }
-        let mut pids = self.pause_pids.clone();
-        pids.push(self.monitor_pid);
-        for pid in pids {
-            // SAFETY: signals processes this test started.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !process_gone(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if !process_gone(pid) {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-        if !std::thread::panicking() {
-            assert!(
-                !self.pod_dir.join("monitor.sock").exists(),
-                "the monitor left its socket behind"
-            );
-        }
-    }
-}
-
-/// One parsed CRI log entry.
-#[derive(Debug)]
-struct Entry {
-    ts: String,
-    stream: String,
-    tag: String,
-    content: Vec<u8>,
-}
-
-fn parse_log(path: &Path) -> Vec<Entry> {
-    let data = std::fs::read(path).unwrap_or_default();
-    assert!(
-        data.is_empty() || data.ends_with(b"\n"),
-        "log does not end with a newline"
-    );
-    data.split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(|line| {
-            let mut parts = line.splitn(4, |&b| b == b' ');
-            let ts = String::from_utf8(parts.next().unwrap().to_vec()).unwrap();
-            let stream = String::from_utf8(parts.next().unwrap().to_vec()).unwrap();
-            let tag = String::from_utf8(parts.next().unwrap().to_vec()).unwrap();
-            let content = parts.next().unwrap_or_default().to_vec();
-            check_timestamp(&ts);
-            assert!(
-                stream == "stdout" || stream == "stderr",
-                "bad stream {stream}"
-            );
-            assert!(tag == "F" || tag == "P", "bad tag {tag}");
-            Entry {
-                ts,
-                stream,
-                tag,
-                content,
-            }
-        })
-        .collect()
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.NNNNNNNNNZ`, within a day of now.
-fn check_timestamp(ts: &str) {
-    let b = ts.as_bytes();
-    assert_eq!(b.len(), 30, "timestamp {ts}");
-    for (i, &c) in b.iter().enumerate() {
-        let ok = match i {
-            4 | 7 => c == b'-',
-            10 => c == b'T',
-            13 | 16 => c == b':',
-            19 => c == b'.',
-            29 => c == b'Z',
-            _ => c.is_ascii_digit(),
-        };
-        assert!(ok, "timestamp {ts}");
-    }
-    let out = Command::new("date")
-        .args(["-u", "-d", &ts[..19].replace('T', " "), "+%s"])
-        .output()
-        .unwrap();
-    let secs: i64 = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("date parses the timestamp");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    assert!(
-        (now - secs).abs() < 86_400,
-        "timestamp {ts} is not around now"
-    );
-}
+mod common;
+use common::*;
 
 #[tokio::test]
 async fn exit_code_and_log_lines() {
@@ -676,6 +337,7 @@ async fn monitor_survives_its_parent() {
 
 #[tokio::test]
 async fn rss_with_one_running_container() {
+    // With one attach session too (the budget covers one container being watched).
     let mut fx = Fixture::new();
     let script = "i=0; while [ $i -lt 2000 ]; do echo hello $i; i=$((i+1)); done; echo >&2 done; exec sleep 1000";
     fx.run("rss", &["sh", "-c", script]).await;
@@ -686,10 +348,12 @@ async fn rss_with_one_running_container() {
             .contains("stderr F done")
             .then_some(())
     });
-    // A few protocol round trips too.
+    // A few protocol round trips too, and an attach session held while measuring.
     for _ in 0..20 {
         fx.client.list().await.unwrap();
     }
+    let _attached = fx.client.attach("rss", false, true, true).await.unwrap();
+    fx.client.ping().await.unwrap();
     let kb = |field: &str| -> u64 {
         let v = status_field(fx.monitor_pid, field).unwrap();
         v.trim_end_matches("kB").trim().parse().unwrap()
@@ -866,6 +530,9 @@ fn fake_request(fx: &Fixture, id: &str, script: &str) -> CreateRequest {
         exit_file: dir.join("exit.json"),
         oom_control: None,
         timeout_secs: 10,
+        console_socket: None,
+        stdin: false,
+        stdin_once: false,
     }
 }
 

@@ -64,9 +64,17 @@ impl OciRuntime {
     /// --detach`), which the pod monitor runs so that it becomes the parent of the
     /// container's init. One invocation instead of `create` + `start` saves a whole runtime
     /// start-up per container; CRI's create / start split is kept by berth doing this at
-    /// StartContainer (CreateContainer only prepares the bundle).
-    pub fn run_argv(&self, id: &str, bundle: &Path, pid_file: &Path, log: &Path) -> Vec<String> {
-        vec![
+    /// StartContainer (CreateContainer only prepares the bundle). A terminal container
+    /// names the monitor's `console_socket`, on which the runtime sends the pty master.
+    pub fn run_argv(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        log: &Path,
+        console_socket: Option<&Path>,
+    ) -> Vec<String> {
+        let mut argv = vec![
             self.path.display().to_string(),
             "--root".into(),
             self.root.display().to_string(),
@@ -80,8 +88,48 @@ impl OciRuntime {
             bundle.display().to_string(),
             "--pid-file".into(),
             pid_file.display().to_string(),
-            id.into(),
-        ]
+        ];
+        if let Some(sock) = console_socket {
+            argv.push("--console-socket".into());
+            argv.push(sock.display().to_string());
+        }
+        argv.push(id.into());
+        argv
+    }
+
+    /// The argv of a detached exec that the pod monitor runs for a streaming exec session:
+    /// the process's pid goes to `pid_file`, and it is reparented to the monitor when the
+    /// runtime exits. With `console_socket` the process gets a terminal whose master the
+    /// runtime sends there. The process's cwd, user and environment are the container's.
+    pub fn exec_argv(
+        &self,
+        id: &str,
+        log: &Path,
+        pid_file: &Path,
+        cmd: &[String],
+        console_socket: Option<&Path>,
+    ) -> Vec<String> {
+        let mut argv = vec![
+            self.path.display().to_string(),
+            "--root".into(),
+            self.root.display().to_string(),
+            "--log".into(),
+            log.display().to_string(),
+            "--log-format".into(),
+            "json".into(),
+            "exec".into(),
+            "--detach".into(),
+            "--pid-file".into(),
+            pid_file.display().to_string(),
+        ];
+        if let Some(sock) = console_socket {
+            argv.push("--tty".into());
+            argv.push("--console-socket".into());
+            argv.push(sock.display().to_string());
+        }
+        argv.push(id.into());
+        argv.extend(cmd.iter().cloned());
+        argv
     }
 
     async fn run(&self, what: &str, id: &str, log: &Path, args: &[&str]) -> Result<Vec<u8>> {
@@ -338,9 +386,48 @@ mod tests {
             Path::new("/b"),
             Path::new("/b/pid"),
             Path::new("/b/log"),
+            None,
         );
         assert_eq!(argv[0], "/usr/sbin/runc");
         assert_eq!(argv.last().unwrap(), "c1");
         assert!(argv.windows(2).any(|w| w[0] == "--bundle" && w[1] == "/b"));
+        assert!(!argv.iter().any(|a| a == "--console-socket"));
+        let argv = r.run_argv(
+            "c1",
+            Path::new("/b"),
+            Path::new("/b/pid"),
+            Path::new("/b/log"),
+            Some(Path::new("/p/c.tty")),
+        );
+        assert_eq!(argv.last().unwrap(), "c1");
+        assert!(
+            argv.windows(2)
+                .any(|w| w[0] == "--console-socket" && w[1] == "/p/c.tty")
+        );
+        let cmd = vec!["sh".to_string(), "-c".to_string(), "echo".to_string()];
+        let argv = r.exec_argv(
+            "c1",
+            Path::new("/b/log"),
+            Path::new("/b/x.pid"),
+            &cmd,
+            Some(Path::new("/p/x.tty")),
+        );
+        let exec = argv.iter().position(|a| a == "exec").unwrap();
+        assert_eq!(
+            &argv[exec..],
+            [
+                "exec",
+                "--detach",
+                "--pid-file",
+                "/b/x.pid",
+                "--tty",
+                "--console-socket",
+                "/p/x.tty",
+                "c1",
+                "sh",
+                "-c",
+                "echo"
+            ]
+        );
     }
 }

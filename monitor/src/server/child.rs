@@ -81,6 +81,19 @@ impl Server {
                 self.init_exited(ci, status, at_ns);
                 continue;
             }
+            let exec = self.execs.iter().position(|x| match x.phase {
+                exec::ExecPhase::Starting { runtime_pid, .. } => runtime_pid == pid,
+                exec::ExecPhase::Running { pid: p } => p == pid,
+                exec::ExecPhase::Draining { .. } => false,
+            });
+            if let Some(ei) = exec {
+                if self.execs[ei].is_starting() {
+                    self.exec_started(ei, status);
+                } else {
+                    self.exec_exited(ei, status);
+                }
+                continue;
+            }
             if self.orphans.len() >= MAX_ORPHANS {
                 self.orphans.remove(0);
             }
@@ -94,7 +107,10 @@ impl Server {
     }
 
     pub(super) fn create_finished(&mut self, ci: usize, status: i32) {
-        for which in 0..2 {
+        if self.containers[ci].tty && self.containers[ci].pipes[TERMINAL].is_none() {
+            self.container_console(ci);
+        }
+        for which in 0..3 {
             self.pump(ci, which, FINAL_DRAIN_READS);
         }
         let (exit_code, _) = decode_status(status);
@@ -105,7 +121,12 @@ impl Server {
             return;
         };
         let (client, pid_file) = (*client, pid_file.clone());
-        let result = if exit_code == 0 {
+        let no_terminal = self.containers[ci].tty && self.containers[ci].pipes[TERMINAL].is_none();
+        let result = if exit_code == 0 && no_terminal {
+            Err(MonitorError::Protocol {
+                message: "the OCI runtime sent no terminal on the console socket".into(),
+            })
+        } else if exit_code == 0 {
             read_pid_file(&pid_file)
         } else {
             Err(MonitorError::RuntimeFailed {
@@ -116,7 +137,8 @@ impl Server {
         match result {
             Ok(pid) => {
                 self.containers[ci].phase = Phase::Running { pid };
-                for which in 0..2 {
+                self.containers[ci].console = None;
+                for which in 0..3 {
                     let at_eof = self.containers[ci].pipes[which]
                         .as_ref()
                         .is_some_and(|p| p.file.is_none());
@@ -179,16 +201,23 @@ impl Server {
         if open && !force && Instant::now() < deadline {
             return;
         }
-        for which in 0..2 {
+        for which in 0..3 {
             self.pump(ci, which, FINAL_DRAIN_READS);
             self.close_pipe(ci, which);
         }
         let c = &mut self.containers[ci];
         c.log = None;
+        c.input = Input::default();
         if let Err(e) = write_exit_file(&c.exit_file, &exit) {
             eprintln!("berth-monitor: container {}: {e}", c.id);
         }
         c.phase = Phase::Exited { pid, exit };
+        let id = c.id.clone();
+        let frame = crate::frame::ExitFrame {
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+        };
+        self.end_attach_sessions(&id, Some(frame));
     }
 }
 

@@ -1,4 +1,5 @@
-//! Client connections: accepting, reading a request line, answering.
+//! Client connections: accepting, reading a request line, answering (and handing the
+//! connection to a session, see `sessions`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::time::Instant;
@@ -14,6 +15,8 @@ pub(super) enum ClientState {
     /// Waiting for a create to finish.
     Waiting,
     Writing,
+    /// An attach or exec session: frames both ways (see `sessions`).
+    Session,
     Done,
 }
 
@@ -26,6 +29,8 @@ pub(super) struct Client {
     pub(super) state: ClientState,
     pub(super) deadline: Instant,
     pub(super) exit_after: bool,
+    /// Set in the `Session` state.
+    pub(super) session: Option<super::sessions::Session>,
 }
 
 impl Server {
@@ -33,7 +38,13 @@ impl Server {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.clients.len() >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
+                    // Sessions have their own limit (MAX_SESSIONS, answered with an error).
+                    let requests = self
+                        .clients
+                        .iter()
+                        .filter(|c| c.state != ClientState::Session)
+                        .count();
+                    if requests >= MAX_CLIENTS || stream.set_nonblocking(true).is_err() {
                         continue; // dropped: closed
                     }
                     let token = self.next_token;
@@ -47,6 +58,7 @@ impl Server {
                         state: ClientState::Reading,
                         deadline: Instant::now() + CLIENT_TIMEOUT,
                         exit_after: false,
+                        session: None,
                     });
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -68,6 +80,7 @@ impl Server {
                 }
             }
             ClientState::Writing => self.client_flush(idx),
+            ClientState::Session => self.session_io(idx, revents),
             ClientState::Done => {}
         }
     }
@@ -101,7 +114,9 @@ impl Server {
         let c = &mut self.clients[idx];
         let line = match c.inbuf.iter().position(|&b| b == b'\n') {
             Some(pos) => {
-                let mut line = std::mem::take(&mut c.inbuf);
+                // What follows the line is kept: the first frames of a session.
+                let rest = c.inbuf.split_off(pos + 1);
+                let mut line = std::mem::replace(&mut c.inbuf, rest);
                 line.truncate(pos);
                 line
             }
@@ -203,6 +218,19 @@ impl Server {
             },
             Request::SpawnPause => match self.spawn_pause() {
                 Ok(pid) => Reply::Pause { pid },
+                Err(error) => Reply::Error { error },
+            },
+            Request::Attach {
+                container_id,
+                stdin,
+                stdout,
+                stderr,
+            } => match self.attach(token, container_id, stdin, stdout, stderr) {
+                Ok(()) => return, // the session has begun
+                Err(error) => Reply::Error { error },
+            },
+            Request::Exec(req) => match self.exec(token, req) {
+                Ok(()) => return, // answered when the exec command exits
                 Err(error) => Reply::Error { error },
             },
         };

@@ -2,8 +2,10 @@
 //!
 //! Single-threaded and without an async runtime, to stay far below its memory budget: one
 //! `poll(2)` loop over a signalfd (SIGCHLD, SIGTERM, SIGINT), the listening socket, the
-//! client connections and the containers' stdout / stderr pipes. Nothing in here panics on
-//! input; a client that misbehaves gets an error reply or is dropped.
+//! client connections (requests, then attach / exec sessions), the containers' and exec'd
+//! processes' stdout / stderr pipes and terminals, their stdin, and the console sockets on
+//! which runc hands over terminals. Nothing in here panics on input; a client that
+//! misbehaves gets an error reply or is dropped.
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -23,11 +25,16 @@ use crate::protocol::{ExitInfo, Reply};
 
 mod child;
 mod clients;
+mod console;
+mod exec;
 mod requests;
+mod sessions;
 mod streams;
 
 use child::pause;
 use clients::{Client, ClientState};
+use console::{ConsoleSocket, Input};
+use exec::Exec;
 use streams::Pipe;
 
 /// Bytes read from a pipe or a client per `read(2)`.
@@ -54,6 +61,16 @@ pub(super) const CREATE_HOLD_CAP: usize = 64 * 1024;
 pub(super) const DEFAULT_CREATE_TIMEOUT: u64 = 60;
 /// Reads per pipe when draining at exit (bounded: a producer may still be writing).
 pub(super) const FINAL_DRAIN_READS: usize = 128;
+/// Attach and exec sessions served at once; more are refused with `too_many_sessions`.
+pub(super) const MAX_SESSIONS: usize = 256;
+/// Output queued for an attach client beyond which it is dropped (it never slows the
+/// container or its log).
+pub(super) const ATTACH_QUEUE_CAP: usize = 256 * 1024;
+/// Output queued for an exec client beyond which the monitor stops reading the process's
+/// output (the process blocks: backpressure).
+pub(super) const EXEC_QUEUE_CAP: usize = 256 * 1024;
+/// Index of the terminal in a container's or exec's `pipes` (0 stdout, 1 stderr).
+pub(super) const TERMINAL: usize = 2;
 
 /// Entry point of the `berth-monitor` binary. Returns the process exit code.
 pub fn main() -> i32 {
@@ -91,6 +108,21 @@ fn close_inherited_fds() {
         for fd in fds.into_iter().filter(|&fd| fd > 2) {
             // SAFETY: as above; EBADF for the directory fd that was listed is harmless.
             unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Raises the soft limit of open files to the hard limit: every session holds a few fds.
+fn raise_fd_limit() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit / setrlimit only read and write the struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max.min(1 << 16).max(rl.rlim_cur);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
         }
     }
 }
@@ -143,7 +175,17 @@ pub(super) struct Container {
     oom_control: Option<PathBuf>,
     log: Option<File>,
     log_failed: bool,
-    pipes: [Option<Pipe>; 2],
+    /// stdout, stderr (of the runtime, and of the init without a terminal), terminal.
+    pipes: [Option<Pipe>; 3],
+    /// Where the terminal comes from, until it has.
+    console: Option<ConsoleSocket>,
+    /// Created with a terminal.
+    tty: bool,
+    /// Created with `stdin`.
+    stdin_enabled: bool,
+    /// Close stdin when the first attach session with stdin ends.
+    stdin_once: bool,
+    input: Input,
     phase: Phase,
 }
 
@@ -161,6 +203,11 @@ pub(super) enum Slot {
     Listener,
     Client(u64),
     Pipe(usize, usize),
+    Console(usize),
+    Input(usize),
+    ExecPipe(usize, usize),
+    ExecConsole(usize),
+    ExecInput(usize),
 }
 
 pub(super) struct Server {
@@ -171,6 +218,7 @@ pub(super) struct Server {
     listener: UnixListener,
     clients: Vec<Client>,
     containers: Vec<Container>,
+    execs: Vec<Exec>,
     orphans: Vec<Orphan>,
     next_token: u64,
     scratch: Vec<u8>,
@@ -196,6 +244,7 @@ impl Server {
             libc::umask(0o022);
             libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         }
+        raise_fd_limit();
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| MonitorError::io("PR_SET_CHILD_SUBREAPER", e))?;
         let mut mask = SigSet::empty();
@@ -250,6 +299,7 @@ impl Server {
             listener,
             clients: Vec::new(),
             containers: Vec::new(),
+            execs: Vec::new(),
             orphans: Vec::new(),
             next_token: 1,
             scratch: Vec::new(),
@@ -293,6 +343,7 @@ impl Server {
                 let events = match c.state {
                     ClientState::Reading => libc::POLLIN,
                     ClientState::Writing => libc::POLLOUT,
+                    ClientState::Session => self.session_events(c),
                     ClientState::Waiting | ClientState::Done => 0,
                 };
                 add(c.stream.as_raw_fd(), events, Slot::Client(c.token));
@@ -302,6 +353,27 @@ impl Server {
                     if let Some(file) = p.as_ref().and_then(|p| p.file.as_ref()) {
                         add(file.as_raw_fd(), libc::POLLIN, Slot::Pipe(ci, which));
                     }
+                }
+                if let Some(fd) = c.console.as_ref().and_then(|s| s.poll_fd()) {
+                    add(fd, libc::POLLIN, Slot::Console(ci));
+                }
+                if let Some(fd) = c.input.poll_fd() {
+                    add(fd, libc::POLLOUT, Slot::Input(ci));
+                }
+            }
+            for (ei, x) in self.execs.iter().enumerate() {
+                if self.exec_reads(x) {
+                    for (which, p) in x.pipes.iter().enumerate() {
+                        if let Some(file) = p.as_ref().and_then(|p| p.file.as_ref()) {
+                            add(file.as_raw_fd(), libc::POLLIN, Slot::ExecPipe(ei, which));
+                        }
+                    }
+                }
+                if let Some(fd) = x.console.as_ref().and_then(|s| s.poll_fd()) {
+                    add(fd, libc::POLLIN, Slot::ExecConsole(ei));
+                }
+                if let Some(fd) = x.input.poll_fd() {
+                    add(fd, libc::POLLOUT, Slot::ExecInput(ei));
                 }
             }
             let timeout = self.next_timeout_ms();
@@ -322,11 +394,17 @@ impl Server {
                 .map(|(p, s)| (*s, p.revents))
                 .collect();
 
-            // Pipes first, while container indices are valid; then everything that may
-            // remove containers.
+            // Pipes, terminals and stdin first, while container and exec indices are
+            // valid; then everything that may remove containers or execs.
             for &(slot, _) in &ready {
-                if let Slot::Pipe(ci, which) = slot {
-                    self.pump(ci, which, 1);
+                match slot {
+                    Slot::Pipe(ci, which) => self.pump(ci, which, 1),
+                    Slot::Console(ci) => self.container_console(ci),
+                    Slot::Input(ci) => self.containers[ci].input.flush(),
+                    Slot::ExecPipe(ei, which) => self.exec_pump(ei, which, 1),
+                    Slot::ExecConsole(ei) => self.exec_console(ei),
+                    Slot::ExecInput(ei) => self.execs[ei].input.flush(),
+                    _ => {}
                 }
             }
             for &(slot, _) in &ready {
@@ -343,7 +421,9 @@ impl Server {
                 }
             }
             self.tick();
+            self.end_sessions();
             self.clients.retain(|c| c.state != ClientState::Done);
+            self.abandon_execs();
         }
     }
 
@@ -361,6 +441,11 @@ impl Server {
         for c in &self.clients {
             if matches!(c.state, ClientState::Reading | ClientState::Writing) {
                 consider(c.deadline);
+            }
+        }
+        for x in &self.execs {
+            if let Some(d) = x.deadline() {
+                consider(d);
             }
         }
         if let Some(o) = self.orphans.first() {
@@ -424,6 +509,7 @@ impl Server {
             }
             ci += 1;
         }
+        self.exec_tick(now);
         for c in &mut self.clients {
             if matches!(c.state, ClientState::Reading | ClientState::Writing) && now >= c.deadline {
                 c.state = ClientState::Done;

@@ -10,7 +10,8 @@ use crate::logfmt::Stream;
 use crate::process;
 use crate::protocol::{ContainerState, CreateRequest};
 
-use super::streams::{open_log, pipe};
+use super::console::{setup_master, terminal_pipe};
+use super::streams::{open_log, pipe, stdin_pipe};
 use super::*;
 
 impl Server {
@@ -37,11 +38,24 @@ impl Server {
             }
         }
         let log = open_log(&req.log_path)?;
+        let console = match &req.console_socket {
+            Some(path) => Some(ConsoleSocket::bind(path)?),
+            None => None,
+        };
+        let tty = console.is_some();
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
+        // With a terminal, stdin is the terminal (its master arrives on the console
+        // socket); otherwise a pipe with `stdin`, else /dev/null.
+        let (stdin, input) = if req.stdin && !tty {
+            let (r, w) = stdin_pipe()?;
+            (Stdio::from(r), Input::new(File::from(w)))
+        } else {
+            (Stdio::null(), Input::default())
+        };
         let child = Command::new(&req.argv[0])
             .args(&req.argv[1..])
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(err_w))
             .current_dir("/")
@@ -74,7 +88,13 @@ impl Server {
                     stream: Stream::Stderr,
                     pending: Vec::new(),
                 }),
+                None,
             ],
+            console,
+            tty,
+            stdin_enabled: req.stdin,
+            stdin_once: req.stdin_once,
+            input,
             phase: Phase::Creating {
                 create_pid,
                 client: token,
@@ -130,7 +150,33 @@ impl Server {
             return Err(MonitorError::Busy { id: id.to_string() });
         }
         self.containers.remove(ci);
+        self.end_attach_sessions(id, None);
         Ok(())
+    }
+
+    /// Takes a container's terminal from its console socket, if it has arrived.
+    pub(super) fn container_console(&mut self, ci: usize) {
+        let c = &mut self.containers[ci];
+        let Some(sock) = c.console.as_mut() else {
+            return;
+        };
+        match sock.try_receive() {
+            Ok(None) => {}
+            Ok(Some(fd)) => {
+                c.console = None;
+                match setup_master(&fd).and_then(|()| terminal_pipe(fd, c.stdin_enabled)) {
+                    Ok((pipe, input)) => {
+                        c.pipes[TERMINAL] = Some(pipe);
+                        c.input = input;
+                    }
+                    Err(e) => eprintln!("berth-monitor: container {}: terminal: {e}", c.id),
+                }
+            }
+            Err(e) => {
+                eprintln!("berth-monitor: container {}: console socket: {e}", c.id);
+                c.console = None;
+            }
+        }
     }
 
     pub(super) fn spawn_pause(&mut self) -> Result<i32, MonitorError> {

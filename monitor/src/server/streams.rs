@@ -44,8 +44,16 @@ impl Server {
                 }
                 Ok(n) => {
                     pipe.pending.extend_from_slice(&self.readbuf[..n]);
-                    let hold = matches!(c.phase, Phase::Creating { .. })
-                        && pipe.pending.len() <= CREATE_HOLD_CAP;
+                    let creating = matches!(c.phase, Phase::Creating { .. });
+                    if !creating {
+                        super::sessions::fan_out(
+                            &mut self.clients,
+                            &c.id,
+                            pipe.stream,
+                            &self.readbuf[..n],
+                        );
+                    }
+                    let hold = creating && pipe.pending.len() <= CREATE_HOLD_CAP;
                     if !hold {
                         self.emit(ci, which);
                     }
@@ -123,6 +131,19 @@ pub(super) fn pipe() -> Result<(OwnedFd, OwnedFd), MonitorError> {
         .map_err(|e| MonitorError::io("pipe2", e))?;
     nix::fcntl::fcntl(
         &r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| MonitorError::io("fcntl", e))?;
+    Ok((r, w))
+}
+
+/// A pipe for a child's stdin: the read end (blocking) for the child, the write end
+/// (non-blocking) for the monitor.
+pub(super) fn stdin_pipe() -> Result<(OwnedFd, OwnedFd), MonitorError> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| MonitorError::io("pipe2", e))?;
+    nix::fcntl::fcntl(
+        &w,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     )
     .map_err(|e| MonitorError::io("fcntl", e))?;

@@ -1,14 +1,16 @@
 //! berthd's side of the monitor protocol: an async client over tokio's `UnixStream`, one
-//! connection per request.
+//! connection per request; attach and exec keep theirs as a [`StdioSession`].
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::error::MonitorError;
-use super::protocol::{ContainerState, CreateRequest, CreateResponse, Reply, Request};
+use super::protocol::{ContainerState, CreateRequest, CreateResponse, ExecRequest, Reply, Request};
+use super::session::StdioSession;
 
 /// Deadline of every request but `create`.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,6 +96,42 @@ impl MonitorClient {
         }
     }
 
+    /// Attaches to a running container's stdio.
+    pub async fn attach(
+        &self,
+        container_id: &str,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+    ) -> Result<StdioSession, MonitorError> {
+        let req = Request::Attach {
+            container_id: container_id.to_string(),
+            stdin,
+            stdout,
+            stderr,
+        };
+        match self.open(&req, REQUEST_TIMEOUT).await? {
+            (Reply::Attached { tty }, r, w) => Ok(StdioSession::new(tty, r, w)),
+            (other, _, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs a process in a running container (the monitor runs `req.argv`, the runtime's
+    /// detached exec) and serves its stdio.
+    pub async fn exec(&self, req: ExecRequest) -> Result<StdioSession, MonitorError> {
+        let secs = if req.timeout_secs == 0 {
+            60
+        } else {
+            req.timeout_secs
+        };
+        let timeout = Duration::from_secs(secs) + CREATE_SLACK;
+        let tty = req.tty;
+        match self.open(&Request::Exec(req), timeout).await? {
+            (Reply::ExecStarted { .. }, r, w) => Ok(StdioSession::new(tty, r, w)),
+            (other, _, _) => Err(unexpected(other)),
+        }
+    }
+
     async fn expect_ok(&self, req: &Request) -> Result<(), MonitorError> {
         match self.call(req, REQUEST_TIMEOUT).await? {
             Reply::Ok => Ok(()),
@@ -103,22 +141,35 @@ impl MonitorClient {
 
     /// One request, one reply, on a fresh connection. Error replies become `Err`.
     async fn call(&self, req: &Request, timeout: Duration) -> Result<Reply, MonitorError> {
+        self.open(req, timeout).await.map(|(reply, _, _)| reply)
+    }
+
+    /// Sends a request on a fresh connection and reads the reply line; the connection is
+    /// returned for a session, with the reader keeping what it buffered past the line.
+    /// Error replies become `Err`.
+    async fn open(
+        &self,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<(Reply, BufReader<OwnedReadHalf>, OwnedWriteHalf), MonitorError> {
         let unreachable = |e: std::io::Error| MonitorError::Unreachable {
             socket: self.socket.display().to_string(),
             message: e.to_string(),
         };
         let exchange = async {
-            let mut stream = UnixStream::connect(&self.socket)
+            let stream = UnixStream::connect(&self.socket)
                 .await
                 .map_err(unreachable)?;
+            let (rd, mut wr) = stream.into_split();
             let mut line = serde_json::to_vec(req).map_err(|e| MonitorError::Protocol {
                 message: format!("cannot encode request: {e}"),
             })?;
             line.push(b'\n');
-            stream.write_all(&line).await.map_err(unreachable)?;
-            let mut reader = BufReader::new(stream).take(MAX_REPLY);
+            wr.write_all(&line).await.map_err(unreachable)?;
+            let mut reader = BufReader::new(rd);
             let mut buf = Vec::new();
-            reader
+            (&mut reader)
+                .take(MAX_REPLY)
                 .read_until(b'\n', &mut buf)
                 .await
                 .map_err(unreachable)?;
@@ -128,14 +179,15 @@ impl MonitorClient {
                     message: "the monitor closed the connection without a reply".into(),
                 });
             }
-            serde_json::from_slice::<Reply>(buf.trim_ascii_end()).map_err(|e| {
+            let reply = serde_json::from_slice::<Reply>(buf.trim_ascii_end()).map_err(|e| {
                 MonitorError::Protocol {
                     message: format!("bad reply: {e}"),
                 }
-            })
+            })?;
+            Ok((reply, reader, wr))
         };
         match tokio::time::timeout(timeout, exchange).await {
-            Ok(Ok(Reply::Error { error })) => Err(error),
+            Ok(Ok((Reply::Error { error }, _, _))) => Err(error),
             Ok(result) => result,
             Err(_) => Err(MonitorError::Timeout {
                 message: format!(

@@ -6,12 +6,16 @@
 //! the pod directory and the monitor's limits are documented in `berth_monitor`.
 
 pub mod client;
+pub mod session;
 pub mod spawn;
 
+pub use berth_monitor::frame;
 pub use berth_monitor::{error, logfmt, protocol};
 pub use client::MonitorClient;
 pub use error::MonitorError;
 pub use protocol::{
-    ContainerState, CreateRequest, CreateResponse, ExitInfo, Reply, Request, read_exit_file,
+    ContainerState, CreateRequest, CreateResponse, ExecRequest, ExitInfo, Reply, Request,
+    read_exit_file,
 };
+pub use session::{SessionOutput, SessionReader, SessionWriter, StdioSession};
 pub use spawn::{MonitorInfo, spawn, spawn_pause_in_new_pidns};

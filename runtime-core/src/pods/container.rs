@@ -353,6 +353,11 @@ impl PodService {
         // Before the process exists, so that its exit cannot be missed.
         self.inner.exit_watch.watch(&rec.id, &rec.dir);
         let client = monitor::MonitorClient::new(pod.monitor_socket.clone());
+        // A terminal container: runc sends the pty master to the monitor on this socket.
+        let console_socket = rec
+            .config
+            .tty
+            .then(|| super::streaming::console_socket_path(&pod.monitor_socket, "c", &rec.id));
         let req = monitor::CreateRequest {
             container_id: rec.id.clone(),
             argv: runtime.run_argv(
@@ -360,12 +365,16 @@ impl PodService {
                 &rec.bundle,
                 &rec.bundle.join("init.pid"),
                 &runtime_log,
+                console_socket.as_deref(),
             ),
             pid_file: rec.bundle.join("init.pid"),
             log_path,
             exit_file: rec.exit_file(),
             oom_control: self.inner.cgroups.oom_file(&rec.cgroup_path).ok().flatten(),
             timeout_secs: 120,
+            console_socket,
+            stdin: rec.config.stdin,
+            stdin_once: rec.config.stdin_once,
         };
         let fail = |svc: &PodService, message: String| {
             let mut r = entry.get();

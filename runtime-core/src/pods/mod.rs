@@ -12,6 +12,7 @@ mod portforward;
 pub mod records;
 pub mod sandbox;
 pub mod stats;
+mod streaming;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

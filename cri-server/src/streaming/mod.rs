@@ -2,9 +2,9 @@
 //! crictl upgrade a connection there to SPDY/3.1 or WebSocket (see docs/streaming.md).
 
 pub mod backend;
-mod pods;
 #[cfg(test)]
 pub mod fake;
+mod pods;
 mod portforward;
 pub mod remotecommand;
 mod server;
@@ -43,6 +43,7 @@ impl Streaming {
         Ok(format!("{}/{kind}/{token}", self.base_url))
     }
 
+    #[cfg(test)]
     /// `http://HOST:PORT` or `https://HOST:PORT`.
     pub fn base_url(&self) -> &str {
         &self.base_url

@@ -36,6 +36,9 @@ pub enum SessionOutput {
 pub struct StdioSession {
     /// The process has a terminal: its output is all `Stdout`, resizes apply.
     pub tty: bool,
+    /// Attach only: the container closes its stdin when the first attach with stdin ends
+    /// (its `stdin_once`), so the attach runs on after the client's stdin ends.
+    pub stdin_once: bool,
     reader: SessionReader,
     writer: SessionWriter,
 }
@@ -60,6 +63,7 @@ impl StdioSession {
     pub(crate) fn new(tty: bool, reader: BufReader<OwnedReadHalf>, writer: OwnedWriteHalf) -> Self {
         StdioSession {
             tty,
+            stdin_once: false,
             reader: SessionReader {
                 stream: reader,
                 done: false,

@@ -128,6 +128,10 @@ impl PodService {
         monitor::MonitorClient::new(pod.monitor_socket.clone())
             .attach(&rec.id, stdin, stdout, stderr)
             .await
+            .map(|mut s| {
+                s.stdin_once = rec.config.stdin_once;
+                s
+            })
             .map_err(|e| session_error(&rec.id, e))
     }
 }

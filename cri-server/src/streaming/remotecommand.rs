@@ -273,7 +273,7 @@ pub async fn run(
                     // As containerd: an attach ends with the client's stdin unless the
                     // container closes its own stdin then (stdin_once without a TTY)
                     // and its output runs on until it exits.
-                    if *kind == Kind::Attach && !(stdin_once && !tty) {
+                    if *kind == Kind::Attach && (tty || !stdin_once) {
                         break Outcome::Done(Ok(()));
                     }
                 }
@@ -331,7 +331,7 @@ mod tests {
         assert_eq!(d.push(b"\n").unwrap(), vec![]);
         assert!(d.push(br#"{"Width":"wide"}"#).is_err());
         let mut d = ResizeDecoder::default();
-        assert!(d.push(&vec![b' '; 10]).unwrap().is_empty());
+        assert!(d.push(&[b' '; 10]).unwrap().is_empty());
         let mut d = ResizeDecoder::default();
         let mut long = b"{\"Width\":".to_vec();
         long.extend(std::iter::repeat_n(b' ', 5000));

@@ -150,7 +150,7 @@
 //!   its stdin (StdinClose, half-close, disconnect, drop); for a terminal, the monitor then
 //!   stops writing to it (no end-of-file is typed). When the container exits (its output
 //!   drained), each session gets Exit and is closed; forgetting the container closes them
-//!   with Error.
+//!   with Error. A session that does not take its last frames within 30 s is closed.
 //! - Exec: the process's output is read only while the client has less than 256 KiB
 //!   queued, so a slow client blocks the process (backpressure). StdinClose closes the
 //!   process's stdin. Exit comes once the process is reaped and its output drained (EOF,

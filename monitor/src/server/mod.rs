@@ -439,7 +439,9 @@ impl Server {
             }
         }
         for c in &self.clients {
-            if matches!(c.state, ClientState::Reading | ClientState::Writing) {
+            if matches!(c.state, ClientState::Reading | ClientState::Writing)
+                || Server::closing_session(c)
+            {
                 consider(c.deadline);
             }
         }
@@ -511,7 +513,9 @@ impl Server {
         }
         self.exec_tick(now);
         for c in &mut self.clients {
-            if matches!(c.state, ClientState::Reading | ClientState::Writing) && now >= c.deadline {
+            let timed = matches!(c.state, ClientState::Reading | ClientState::Writing)
+                || Server::closing_session(c);
+            if timed && now >= c.deadline {
                 c.state = ClientState::Done;
             }
         }

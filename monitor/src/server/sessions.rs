@@ -9,6 +9,7 @@
 //! and nothing else.
 
 use std::io::{ErrorKind, Read, Write};
+use std::time::Instant;
 
 use crate::error::MonitorError;
 use crate::frame::{self, ExitFrame, FrameType};
@@ -96,6 +97,11 @@ pub(super) fn fan_out(clients: &mut [Client], id: &str, stream: Stream, data: &[
 }
 
 impl Server {
+    /// Whether a client is a session waiting to write its last frames (under its deadline).
+    pub(super) fn closing_session(c: &Client) -> bool {
+        c.state == ClientState::Session && c.session.as_ref().is_some_and(|s| s.closing)
+    }
+
     pub(super) fn client_index(&self, token: u64) -> Option<usize> {
         self.clients.iter().position(|c| c.token == token)
     }
@@ -415,6 +421,8 @@ impl Server {
             s.closing = true;
             s.input_eof = true;
             frame::encode(&mut c.out, kind, payload);
+            // A client that does not take its last frames in time is closed anyway.
+            c.deadline = Instant::now() + CLIENT_TIMEOUT;
         }
         self.session_flush(idx);
     }

@@ -179,7 +179,11 @@ async fn exec_client_that_goes_away_kills_the_process() -> Result<()> {
                 .filter(|(_, c)| c.starts_with("sleep 1000"))
                 .count()
         };
-        assert!(sleeping() >= 1, "the exec runs");
+        // "started" comes before the shell turns into sleep.
+        poll_until(T, "the exec's sleep runs", || async {
+            Ok((sleeping() >= 1).then_some(()))
+        })
+        .await?;
         drop(s);
         poll_until(T, "the exec process is killed", || async {
             Ok((sleeping() == 0).then_some(()))

@@ -10,7 +10,6 @@
 use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::MonitorError;
@@ -22,7 +21,6 @@ use crate::protocol::{ExecRequest, Reply};
 use super::child::{decode_status, read_pid_file};
 use super::console::{setup_master, terminal_pipe};
 use super::sessions::SessionKind;
-use super::streams::{pipe, stdin_pipe};
 use super::*;
 
 /// Reads per pipe when an exec's output is drained at its end.
@@ -102,24 +100,12 @@ impl Server {
             (None, true) => return bad("a tty exec needs console_socket".into()),
             (_, false) => None,
         };
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        let (stdin, input) = if req.stdin && !req.tty {
-            let (r, w) = stdin_pipe()?;
-            (Stdio::from(r), Input::new(File::from(w)))
-        } else {
-            (Stdio::null(), Input::default())
-        };
-        let child = Command::new(&req.argv[0])
-            .args(&req.argv[1..])
-            .stdin(stdin)
-            .stdout(Stdio::from(out_w))
-            .stderr(Stdio::from(err_w))
-            .current_dir("/")
-            .spawn()
-            .map_err(|e| MonitorError::io(format!("cannot run {}", req.argv[0]), e))?;
-        let runtime_pid = child.id() as i32;
-        drop(child); // reaped by the SIGCHLD loop
+        let super::streams::Spawned {
+            pid: runtime_pid,
+            out: out_r,
+            err: err_r,
+            input,
+        } = super::streams::spawn_with_stdio(&req.argv, req.stdin && !req.tty)?;
         let timeout = match req.timeout_secs {
             0 => DEFAULT_CREATE_TIMEOUT,
             t => t,

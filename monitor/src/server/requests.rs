@@ -2,7 +2,6 @@
 
 use std::fs::File;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::error::MonitorError;
@@ -11,7 +10,7 @@ use crate::process;
 use crate::protocol::{ContainerState, CreateRequest};
 
 use super::console::{setup_master, terminal_pipe};
-use super::streams::{open_log, pipe, stdin_pipe};
+use super::streams::open_log;
 use super::*;
 
 impl Server {
@@ -43,28 +42,14 @@ impl Server {
             None => None,
         };
         let tty = console.is_some();
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
         // With a terminal, stdin is the terminal (its master arrives on the console
         // socket); otherwise a pipe with `stdin`, else /dev/null.
-        let (stdin, input) = if req.stdin && !tty {
-            let (r, w) = stdin_pipe()?;
-            (Stdio::from(r), Input::new(File::from(w)))
-        } else {
-            (Stdio::null(), Input::default())
-        };
-        let child = Command::new(&req.argv[0])
-            .args(&req.argv[1..])
-            .stdin(stdin)
-            .stdout(Stdio::from(out_w))
-            .stderr(Stdio::from(err_w))
-            .current_dir("/")
-            .spawn()
-            .map_err(|e| MonitorError::io(format!("cannot run {}", req.argv[0]), e))?;
-        // The write ends went into the Command and are closed now: only the command (and
-        // the container after it) holds them, so EOF means they are all gone.
-        let create_pid = child.id() as i32;
-        drop(child); // reaped by the SIGCHLD loop, not by Child
+        let super::streams::Spawned {
+            pid: create_pid,
+            out: out_r,
+            err: err_r,
+            input,
+        } = super::streams::spawn_with_stdio(&req.argv, req.stdin && !tty)?;
         let timeout = if req.timeout_secs == 0 {
             DEFAULT_CREATE_TIMEOUT
         } else {

@@ -4,6 +4,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 use crate::error::MonitorError;
 use crate::logfmt::{self, Stream};
@@ -158,4 +159,48 @@ pub(super) fn open_log(path: &Path) -> Result<File, MonitorError> {
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| MonitorError::io(format!("cannot open log file {}", path.display()), e))
+}
+
+/// A runtime command started with its stdio held by the monitor.
+pub(super) struct Spawned {
+    /// Its pid (reaped by the SIGCHLD loop, not by `Child`).
+    pub pid: i32,
+    /// Read end of its stdout.
+    pub out: OwnedFd,
+    /// Read end of its stderr.
+    pub err: OwnedFd,
+    /// The writer of its stdin: a pipe with `stdin`, else nothing (stdin is /dev/null).
+    pub input: Input,
+}
+
+/// Runs `argv` (program first) in `/` with stdout and stderr on fresh pipes and stdin on a
+/// pipe the monitor keeps when `stdin` (a terminal's stdin is the terminal instead). The
+/// write ends go into the command and are closed here, so EOF on a read end means every
+/// holder (the command, the container after it) is gone.
+pub(super) fn spawn_with_stdio(argv: &[String], stdin: bool) -> Result<Spawned, MonitorError> {
+    let program = argv
+        .first()
+        .ok_or_else(|| MonitorError::io("empty command line", std::io::Error::other("empty")))?;
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (stdin, input) = if stdin {
+        let (r, w) = stdin_pipe()?;
+        (Stdio::from(r), Input::new(File::from(w)))
+    } else {
+        (Stdio::null(), Input::default())
+    };
+    let child = Command::new(program)
+        .args(&argv[1..])
+        .stdin(stdin)
+        .stdout(Stdio::from(out_w))
+        .stderr(Stdio::from(err_w))
+        .current_dir("/")
+        .spawn()
+        .map_err(|e| MonitorError::io(format!("cannot run {program}"), e))?;
+    Ok(Spawned {
+        pid: child.id() as i32,
+        out: out_r,
+        err: err_r,
+        input,
+    })
 }

@@ -3,7 +3,7 @@
 
 mod authority;
 mod busypoll;
-mod fastlists;
+mod events;
 mod hpack;
 mod image;
 mod metrics;
@@ -182,6 +182,7 @@ async fn run(
     .await?;
     let _ = pods_slot.set(pods.clone());
     let metrics = Arc::new(metrics::Metrics::new());
+    metrics.watch_pods(pods.clone());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait_stop = move || {
@@ -220,8 +221,9 @@ async fn run(
     )
     .await?;
     let runtime_api = runtime::RuntimeApi::new(config_json, pods.clone(), work.clone(), streaming);
-    let runtime_server =
-        fastlists::RuntimeServer::new(runtime_api, pods.clone(), MAX_MESSAGE_BYTES);
+    let runtime_server = cri::runtime_service_server::RuntimeServiceServer::new(runtime_api)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let image_api = image::ImageApi::new(images, pods.clone(), Arc::clone(&metrics), work);
     let busy_poll = Duration::from_micros(config.grpc_busy_poll_us);
     let served_metrics = Arc::clone(&metrics);

@@ -1,6 +1,7 @@
 //! Prometheus metrics: per-CRI-method request counts, error counts by gRPC code and
-//! latency, recorded once for every method by a tower layer around the gRPC server, plus
-//! image pull bytes and durations. Served as text at `/metrics`.
+//! latency, recorded once for every method by a tower layer around the gRPC server, image
+//! pull bytes and durations, and, read from the pod service at each scrape, containers and
+//! pods by state and OOM kills. Served as text at `/metrics`.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -10,6 +11,7 @@ use futures_util::future::BoxFuture;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -24,6 +26,11 @@ struct ErrorLabels {
     code: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
 type HistogramFamily = Family<MethodLabels, Histogram, fn() -> Histogram>;
 
 /// All of berthd's metrics.
@@ -34,6 +41,11 @@ pub struct Metrics {
     latency: HistogramFamily,
     pull_bytes: Counter,
     pull_duration: Histogram,
+    containers: Family<StateLabels, Gauge>,
+    pods: Family<StateLabels, Gauge>,
+    oom_kills: Counter,
+    /// Where the state gauges and the OOM count are read at each scrape.
+    source: std::sync::OnceLock<runtime_core::pods::PodService>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -81,6 +93,24 @@ impl Metrics {
             "Duration of successful image pulls in seconds",
             pull_duration.clone(),
         );
+        let containers = Family::<StateLabels, Gauge>::default();
+        let pods = Family::<StateLabels, Gauge>::default();
+        let oom_kills = Counter::default();
+        registry.register(
+            "berth_containers",
+            "Containers by state (created, running, exited)",
+            containers.clone(),
+        );
+        registry.register(
+            "berth_pod_sandboxes",
+            "Pod sandboxes by state (ready, notready)",
+            pods.clone(),
+        );
+        registry.register(
+            "berth_oom_kills",
+            "Containers this berthd saw killed by the OOM killer",
+            oom_kills.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -88,6 +118,39 @@ impl Metrics {
             latency,
             pull_bytes,
             pull_duration,
+            containers,
+            pods,
+            oom_kills,
+            source: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Reads pod and container states and OOM kills from `pods` at each scrape.
+    pub fn watch_pods(&self, pods: runtime_core::pods::PodService) {
+        let _ = self.source.set(pods);
+    }
+
+    /// Brings the gauges and the OOM counter up to the pod service's figures.
+    fn refresh(&self) {
+        let Some(pods) = self.source.get() else {
+            return;
+        };
+        let n = pods.state_counts();
+        let set = |f: &Family<StateLabels, Gauge>, state: &str, v: u64| {
+            f.get_or_create(&StateLabels {
+                state: state.to_string(),
+            })
+            .set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set(&self.containers, "created", n.containers_created);
+        set(&self.containers, "running", n.containers_running);
+        set(&self.containers, "exited", n.containers_exited);
+        set(&self.pods, "ready", n.pods_ready);
+        set(&self.pods, "notready", n.pods_not_ready);
+        let seen = self.oom_kills.get();
+        let total = pods.oom_kills();
+        if total > seen {
+            self.oom_kills.inc_by(total - seen);
         }
     }
 
@@ -115,6 +178,7 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        self.refresh();
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "encoding metrics failed");

@@ -61,13 +61,6 @@ impl RuntimeApi {
     }
 }
 
-/// A response message from its encoding.
-fn decoded<M: prost::Message + Default>(bytes: &[u8]) -> Result<Response<M>, Status> {
-    M::decode(bytes)
-        .map(Response::new)
-        .map_err(|e| Status::internal(format!("decode a list answer: {e}")))
-}
-
 /// The stdio rules of Exec and Attach (kubelet's streaming server checks the same).
 fn check_stdio(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<(), Status> {
     if tty && stderr {
@@ -228,10 +221,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         &self,
         request: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        // berthd answers this call with the encoded bytes themselves (fastlists.rs); this
-        // is the same answer as a message, for the trait.
         let req = request.into_inner();
-        decoded(&self.pods.list_pod_sandbox_encoded(req.filter.as_ref()))
+        Ok(Response::new(cri::ListPodSandboxResponse {
+            items: self.pods.list_pod_sandbox(req.filter.as_ref()),
+        }))
     }
 
     async fn create_container(
@@ -295,9 +288,10 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         &self,
         request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        // As list_pod_sandbox: served from the encoded bytes by fastlists.rs.
         let req = request.into_inner();
-        decoded(&self.pods.list_containers_encoded(req.filter.as_ref()))
+        Ok(Response::new(cri::ListContainersResponse {
+            containers: self.pods.list_containers(req.filter.as_ref()),
+        }))
     }
 
     async fn container_status(
@@ -495,13 +489,12 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         Err(unimplemented("ListPodSandboxMetrics"))
     }
 
-    type GetContainerEventsStream =
-        futures_util::stream::Empty<Result<cri::ContainerEventResponse, Status>>;
+    type GetContainerEventsStream = crate::events::EventStream;
 
     async fn get_container_events(
         &self,
         _request: Request<cri::GetEventsRequest>,
     ) -> Result<Response<Self::GetContainerEventsStream>, Status> {
-        Err(unimplemented("GetContainerEvents"))
+        Ok(Response::new(crate::events::subscribe(&self.pods)))
     }
 }

@@ -14,7 +14,7 @@ use k8s_cri::v1 as cri;
 use nix::mount::MsFlags;
 
 use super::records::{self, ContainerRecord, SandboxState};
-use super::{PodService, lock, new_id, now_ns, release_name};
+use super::{PodService, new_id, now_ns, release_name};
 use crate::monitor::{self, ExitInfo};
 use crate::ociruntime::ExecOutput;
 use crate::{Error, Result};
@@ -27,76 +27,86 @@ pub fn name_key(pod_id: &str, m: &cri::ContainerMetadata) -> String {
     format!("ctr\0{pod_id}\0{}\0{}", m.name, m.attempt)
 }
 
-/// Lifecycle state derived from a record and its exit file.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Lifecycle {
-    /// Created, not started.
-    Created,
-    /// Started and not exited.
-    Running,
-    /// Exited (or failed to start).
-    Exited(ExitInfo),
+pub use super::store::Lifecycle;
+
+/// The state a container's record and exit file say it is in (at recovery).
+pub(crate) fn state_on_disk(rec: &ContainerRecord) -> Lifecycle {
+    if rec.start_error.is_some() {
+        return Lifecycle::Exited(start_failure(rec));
+    }
+    if let Ok(Some(exit)) = monitor::read_exit_file(&rec.exit_file()) {
+        return Lifecycle::Exited(exit);
+    }
+    if rec.started_at_ns > 0 {
+        Lifecycle::Running
+    } else {
+        Lifecycle::Created
+    }
+}
+
+/// The exit reported for a container whose start failed.
+fn start_failure(rec: &ContainerRecord) -> ExitInfo {
+    ExitInfo {
+        exit_code: START_FAILURE_EXIT_CODE,
+        signal: None,
+        finished_at_ns: rec.started_at_ns.max(rec.created_at_ns),
+        oom_killed: false,
+    }
 }
 
 impl PodService {
-    /// The container's state, from its exit file unless the exit is already known; an exit
-    /// once seen is remembered, so no file is read again for exited containers.
+    /// The container's state, looking at its exit file unless the exit is already known:
+    /// for decisions that act on its process, which must not wait for the exit watcher.
+    /// An exit found here is recorded in the store like one the watcher sees.
     pub(crate) fn lifecycle(&self, rec: &ContainerRecord) -> Lifecycle {
-        if let Some(x) = lock(&self.inner.exits).get(&rec.id) {
-            return Lifecycle::Exited(*x);
+        if rec.state.is_exited() || rec.start_error.is_some() {
+            return rec.state;
         }
-        let l = Self::lifecycle_uncached(rec);
-        if let Lifecycle::Exited(x) = &l
-            && rec.start_error.is_none()
-        {
-            lock(&self.inner.exits).insert(rec.id.clone(), *x);
-            self.inner.exit_watch.forget(&rec.id);
-            self.inner.changes.bump();
+        match monitor::read_exit_file(&rec.exit_file()) {
+            Ok(Some(exit)) => {
+                self.record_exit(&rec.id, exit);
+                Lifecycle::Exited(exit)
+            }
+            _ => rec.state,
         }
-        l
     }
 
-    /// The container's state for list and status calls: a running container whose
-    /// directory has seen no exit file (see `exitwatch`) is running without a look at
-    /// the file. Not for decisions that signal its process: the exit file may be a moment
-    /// ahead of the watcher.
-    pub(crate) fn lifecycle_for_listing(&self, rec: &ContainerRecord) -> Lifecycle {
-        self.listing_state(rec).0
+    /// Records that container `id` exited and stops watching for it.
+    pub(crate) fn record_exit(&self, id: &str, exit: ExitInfo) {
+        if self.inner.store.set_exited(id, exit) {
+            if exit.oom_killed {
+                self.inner
+                    .oom_kills
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(
+                    container = id,
+                    exit_code = exit.exit_code,
+                    "container killed by the OOM killer"
+                );
+            } else {
+                tracing::debug!(
+                    container = id,
+                    exit_code = exit.exit_code,
+                    "container exited"
+                );
+            }
+        }
+        self.inner.exit_watch.forget(id);
     }
 
-    /// [`Self::lifecycle_for_listing`], and whether that state can change only with a
-    /// change counted in `Changes` (a record update, an exit watch event): true unless the
-    /// container runs unwatched and its exit file had to be read.
-    pub(crate) fn listing_state(&self, rec: &ContainerRecord) -> (Lifecycle, bool) {
-        if rec.start_error.is_none()
-            && rec.started_at_ns > 0
-            && !lock(&self.inner.exits).contains_key(&rec.id)
-            && self.inner.exit_watch.is_quiet(&rec.id)
-        {
-            return (Lifecycle::Running, true);
+    /// Container `id` has an exit file now (the exit watcher saw it appear).
+    pub(crate) fn exit_seen(&self, id: &str) {
+        if let Ok(e) = self.container(id) {
+            let rec = e.get();
+            let _ = self.lifecycle(&rec);
         }
-        let life = self.lifecycle(rec);
-        let stable = life != Lifecycle::Running;
-        (life, stable)
     }
 
-    fn lifecycle_uncached(rec: &ContainerRecord) -> Lifecycle {
-        if let Some(msg) = &rec.start_error {
-            let _ = msg;
-            return Lifecycle::Exited(ExitInfo {
-                exit_code: START_FAILURE_EXIT_CODE,
-                signal: None,
-                finished_at_ns: rec.started_at_ns.max(rec.created_at_ns),
-                oom_killed: false,
-            });
-        }
-        if let Ok(Some(exit)) = monitor::read_exit_file(&rec.exit_file()) {
-            return Lifecycle::Exited(exit);
-        }
-        if rec.started_at_ns > 0 {
-            Lifecycle::Running
-        } else {
-            Lifecycle::Created
+    /// Reads the exit file of every container not known to have exited: at start, and
+    /// when the exit watcher lost events or stopped.
+    pub(crate) fn sweep_exits(&self) {
+        for e in self.container_entries() {
+            let _ = self.lifecycle(&e.get());
         }
     }
 
@@ -186,6 +196,7 @@ impl PodService {
                 .as_ref()
                 .and_then(|c| c.stop_signal.clone()),
             cgroup_path: format!("{}/{}", pod.cgroup_parent.trim_end_matches('/'), id),
+            state: Lifecycle::Created,
         };
         let lowers = self.inner.images.lower_dirs(&image)?;
         let svc = self.clone();
@@ -208,7 +219,7 @@ impl PodService {
             cleanup_bundle(&bundle, &dir);
             return Err(e);
         }
-        self.inner.containers.insert(id.clone(), rec);
+        self.inner.store.add_container(rec);
         guard.keep();
         tracing::info!(container = %id, pod = %pod_id, name = %meta.name, "container created");
         Ok(id)
@@ -380,8 +391,9 @@ impl PodService {
             let mut r = entry.get();
             r.start_error = Some(message.clone());
             r.started_at_ns = now_ns();
+            r.state = Lifecycle::Exited(start_failure(&r));
             let _ = records::save(&svc.container_record_path(&r.id), &r);
-            entry.update(|x| *x = r);
+            svc.inner.store.update_container(&entry, |x| *x = r);
             Error::Internal(message)
         };
         let created = match client.create(req).await {
@@ -404,8 +416,9 @@ impl PodService {
         // Fsynced after the reply: lost in a crash of the machine, the container is
         // recovered as created instead of exited (or, its record left unreadable, removed
         // as an orphan), and its pod is not ready either way.
+        r.state = Lifecycle::Running;
         records::save_soon(&self.container_record_path(&r.id), &r, &self.inner.sync)?;
-        entry.update(|x| *x = r);
+        self.inner.store.update_container(&entry, |x| *x = r);
         tracing::info!(container = %rec.id, pid = created.pid, "container started");
         Ok(())
     }
@@ -522,9 +535,8 @@ impl PodService {
             .await
             .map_err(|e| Error::Internal(format!("remove container task: {e}")))?;
         crate::fsutil::remove_all(&self.container_record_path(&rec.id))?;
-        lock(&self.inner.exits).remove(&rec.id);
         self.inner.exit_watch.forget(&rec.id);
-        self.inner.containers.remove(&rec.id);
+        self.inner.store.remove_container(&rec.id);
         release_name(&self.inner, &name_key(&rec.pod_id, &rec.metadata()));
         tracing::info!(container = %rec.id, "container removed");
         Ok(())
@@ -545,13 +557,7 @@ impl PodService {
         verbose: bool,
     ) -> Result<cri::ContainerStatusResponse> {
         let rec = self.container(id)?.get();
-        let life = self.lifecycle_for_listing(&rec);
-        // Merged as the client merges the encoded answer (see `container_status_encoded`),
-        // so that both answers agree by construction.
-        let mut status = status_fixed(&rec);
-        let live = prost::Message::encode_to_vec(&status_live(&rec, &life));
-        prost::Message::merge(&mut status, live.as_slice())
-            .map_err(|e| Error::Internal(format!("container {id}: status fields: {e}")))?;
+        let status = status_of(&rec);
         let mut info = HashMap::new();
         if verbose {
             let v = serde_json::json!({
@@ -570,26 +576,6 @@ impl PodService {
             status: Some(status),
             info,
         })
-    }
-
-    /// The protobuf encoding of a ContainerStatusResponse without `info` (a call that is
-    /// not verbose), as [`Self::container_status`] would answer: the fields only a record
-    /// update changes come from the container's cached encoding, the ones its process
-    /// changes (state, start, exit) are encoded per call and appended (protobuf merges a
-    /// message's fields in any order).
-    pub fn container_status_encoded(&self, id: &str) -> Result<Vec<u8>> {
-        use prost::Message;
-        let entry = self.container(id)?;
-        Ok(entry.with_encoded(
-            super::Encoding::Status,
-            |rec| status_fixed(rec).encode_to_vec(),
-            |rec, fixed| {
-                let live = status_live(rec, &self.lifecycle_for_listing(rec)).encode_to_vec();
-                let mut out = Vec::with_capacity(fixed.len() + live.len() + 8);
-                super::lists::put_message_field(&mut out, STATUS_FIELD, fixed, &live);
-                out
-            },
-        ))
     }
 
     /// ExecSync: runs `cmd` in a running container; `timeout_secs` 0 means no limit.
@@ -661,7 +647,7 @@ impl PodService {
             .get_or_insert_with(Default::default)
             .resources = Some(resources);
         records::save(&self.container_record_path(&r.id), &r)?;
-        entry.update(|x| *x = r);
+        self.inner.store.update_container(&entry, |x| *x = r);
         Ok(())
     }
 
@@ -755,46 +741,10 @@ pub fn parse_signal(s: Option<&str>) -> Option<i32> {
         .map(|sig| sig as i32)
 }
 
-/// Field number of `status` in ContainerStatusResponse.
-const STATUS_FIELD: u32 = 1;
-
-/// A container's ContainerStatus with the fields only a record update changes; the others
-/// (see [`status_live`]) are left at their defaults.
-fn status_fixed(rec: &ContainerRecord) -> cri::ContainerStatus {
-    cri::ContainerStatus {
-        id: rec.id.clone(),
-        metadata: Some(rec.metadata()),
-        created_at: rec.created_at_ns,
-        image: Some(cri::ImageSpec {
-            image: rec.image_ref.clone(),
-            ..Default::default()
-        }),
-        image_ref: rec.image_digest_ref.clone(),
-        labels: rec.config.labels.clone(),
-        annotations: rec.config.annotations.clone(),
-        mounts: rec.config.mounts.clone(),
-        log_path: rec
-            .log_path
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_default(),
-        resources: rec
-            .config
-            .linux
-            .as_ref()
-            .and_then(|l| l.resources.clone())
-            .map(|r| cri::ContainerResources {
-                linux: Some(r),
-                ..Default::default()
-            }),
-        image_id: rec.image_id.clone(),
-        ..Default::default()
-    }
-}
-
-/// The fields of a container's ContainerStatus that its process changes: state, start,
-/// exit; every other field is left at its default.
-fn status_live(rec: &ContainerRecord, life: &Lifecycle) -> cri::ContainerStatus {
+/// A container's ContainerStatus (the one its ContainerStatus call, the list of its pod
+/// in an event, and a verbose answer share).
+pub(crate) fn status_of(rec: &ContainerRecord) -> cri::ContainerStatus {
+    let life = &rec.state;
     let (finished_at, exit_code, reason, message) = match life {
         Lifecycle::Exited(x) => {
             let reason = if rec.start_error.is_some() {
@@ -816,7 +766,10 @@ fn status_live(rec: &ContainerRecord, life: &Lifecycle) -> cri::ContainerStatus 
         _ => (0, 0, String::new(), String::new()),
     };
     cri::ContainerStatus {
+        id: rec.id.clone(),
+        metadata: Some(rec.metadata()),
         state: PodService::cri_state(life) as i32,
+        created_at: rec.created_at_ns,
         // A process that exits before the runtime call that started it returns has a
         // recorded start after its exit; the start cannot be later than the exit.
         started_at: match (&rec.start_error, life) {
@@ -826,8 +779,31 @@ fn status_live(rec: &ContainerRecord, life: &Lifecycle) -> cri::ContainerStatus 
         },
         finished_at,
         exit_code,
+        image: Some(cri::ImageSpec {
+            image: rec.image_ref.clone(),
+            ..Default::default()
+        }),
+        image_ref: rec.image_digest_ref.clone(),
         reason,
         message,
+        labels: rec.config.labels.clone(),
+        annotations: rec.config.annotations.clone(),
+        mounts: rec.config.mounts.clone(),
+        log_path: rec
+            .log_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        resources: rec
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.clone())
+            .map(|r| cri::ContainerResources {
+                linux: Some(r),
+                ..Default::default()
+            }),
+        image_id: rec.image_id.clone(),
         ..Default::default()
     }
 }

@@ -1,18 +1,14 @@
-//! Container exits learned by inotify instead of a file look-up per container and call.
+//! Container exits seen as they happen: each running container's directory is watched
+//! with inotify for the exit file its pod's monitor renames into it when the container's
+//! init has exited and its output is drained. The watcher thread hands each such event to
+//! the pod service, which reads the file and records the exit in the store (and so
+//! publishes the container's Stopped event) with no CRI call in between.
 //!
-//! A pod's monitor records a container's exit by renaming `exit.json` into the container's
-//! directory. kubelet lists every container every second; checking each running
-//! container's exit file on every list is a path walk per container and call. Instead each
-//! running container's directory is watched: while no exit file has arrived there the
-//! container is "quiet" and known to be running without a system call. An event (or
-//! anything unusual: a lost watch, a queue overflow) only drops the container back to
-//! reading its exit file, so the watcher can make a list call cheaper but never wrong for
-//! longer than it takes to deliver one event.
-//!
-//! Decisions that act on a container's process (stop signals) never rely on it: they read
-//! the exit file themselves.
+//! When events may have been lost (the inotify queue overflowed) the service is asked to
+//! sweep: read the exit file of every container not known to have exited. Without inotify
+//! at all (no instance left, a failed read) the thread sweeps every second instead.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
@@ -21,39 +17,39 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
-use super::{Changes, lock};
+use super::lock;
 
 /// The name the monitors give exit files (see `ContainerRecord::exit_file`).
 const EXIT_FILE_NAME: &str = "exit.json";
 /// How often the watcher thread checks whether its service is gone.
 const LIVENESS_POLL: Duration = Duration::from_secs(1);
+/// How often every exit file is read when inotify cannot be used.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the watcher saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// The exit file of this container appeared.
+    Exit(String),
+    /// Events may have been lost: every exit file must be read.
+    Lost,
+}
+
+/// Handles what the watcher saw; returns false once the service is gone, which ends the
+/// watcher thread.
+pub(crate) type Handler = Box<dyn Fn(Seen) -> bool + Send + Sync>;
 
 #[derive(Default)]
 struct Watched {
-    /// Whether the watcher thread still reads events; once it stopped nothing is quiet.
-    stopped: bool,
     /// Watch descriptor -> container ID.
     by_wd: HashMap<WatchDescriptor, String>,
     /// Container ID -> its watch.
     by_id: HashMap<String, WatchDescriptor>,
-    /// Watched containers whose directory has seen no exit file since the watch began.
-    quiet: HashSet<String>,
-}
-
-impl Watched {
-    /// The thread is gone: from now on every container's exit file is read.
-    fn stop(&mut self) {
-        self.stopped = true;
-        self.quiet.clear();
-    }
 }
 
 struct Shared {
     inotify: Inotify,
     watched: Mutex<Watched>,
-    /// Bumped whenever a container stops being quiet: list answers cached while it was
-    /// quiet show it running.
-    changes: Changes,
 }
 
 /// Watches the directories of running containers for their exit files.
@@ -62,40 +58,39 @@ pub(crate) struct ExitWatch {
 }
 
 impl ExitWatch {
-    /// Starts the watcher thread; without inotify (no instance left, say) every container
-    /// is simply never quiet and exit files are read as before.
-    pub(crate) fn start(changes: &Changes) -> ExitWatch {
+    /// Starts the watcher thread, which gives what it sees to `handler`.
+    pub(crate) fn start(handler: Handler) -> ExitWatch {
         let inotify = match Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK) {
-            Ok(i) => i,
+            Ok(i) => Some(i),
             Err(e) => {
-                tracing::warn!(error = %e, "inotify unavailable: container exits are found by reading exit files on every call");
-                return ExitWatch { shared: None };
+                tracing::warn!(error = %e, "inotify unavailable: container exits are found by reading every exit file each second");
+                None
             }
         };
-        let shared = Arc::new(Shared {
-            inotify,
-            watched: Mutex::new(Watched::default()),
-            changes: changes.clone(),
+        let shared = inotify.map(|inotify| {
+            Arc::new(Shared {
+                inotify,
+                watched: Mutex::new(Watched::default()),
+            })
         });
-        let weak = Arc::downgrade(&shared);
+        let weak = shared.as_ref().map(Arc::downgrade);
         let started = std::thread::Builder::new()
             .name("berthd-exits".into())
-            .spawn(move || watch_loop(weak));
-        match started {
-            Ok(_) => ExitWatch {
-                shared: Some(shared),
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot start the exit watcher thread: container exits are found by reading exit files on every call");
-                ExitWatch { shared: None }
-            }
+            .spawn(move || {
+                if let Some(weak) = weak {
+                    watch_loop(weak, &handler);
+                }
+                sweep_loop(&handler);
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "cannot start the exit watcher thread: container exits are seen only when a call reads them");
         }
+        ExitWatch { shared }
     }
 
     /// Watches `dir`, the directory the exit file of container `id` will appear in. Call it
     /// before the container can exit (or check the exit file afterwards): an exit file
-    /// renamed into `dir` after this returns is seen. Returns whether the container is now
-    /// quiet.
+    /// renamed into `dir` after this returns is seen. Returns whether the watch was added.
     pub(crate) fn watch(&self, id: &str, dir: &Path) -> bool {
         let Some(shared) = &self.shared else {
             return false;
@@ -103,9 +98,6 @@ impl ExitWatch {
         // Holding the lock while adding keeps the thread from handling an event of this
         // watch before it is mapped to its container.
         let mut w = lock(&shared.watched);
-        if w.stopped {
-            return false;
-        }
         match shared.inotify.add_watch(
             dir,
             AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_ONLYDIR,
@@ -113,41 +105,31 @@ impl ExitWatch {
             Ok(wd) => {
                 w.by_wd.insert(wd, id.to_string());
                 w.by_id.insert(id.to_string(), wd);
-                w.quiet.insert(id.to_string());
                 true
             }
             Err(e) => {
-                tracing::debug!(container = id, dir = %dir.display(), error = %e, "cannot watch for the exit file; reading it on every call");
+                tracing::warn!(container = id, dir = %dir.display(), error = %e, "cannot watch for the exit file; its exit is seen by the next sweep or call");
                 false
             }
         }
-    }
-
-    /// Whether container `id` is watched and no exit file has appeared for it.
-    pub(crate) fn is_quiet(&self, id: &str) -> bool {
-        self.shared
-            .as_ref()
-            .is_some_and(|s| lock(&s.watched).quiet.contains(id))
     }
 
     /// Stops watching container `id` (its exit is known, or it is being removed).
     pub(crate) fn forget(&self, id: &str) {
         if let Some(s) = &self.shared {
             let mut w = lock(&s.watched);
-            w.quiet.remove(id);
             if let Some(wd) = w.by_id.remove(id) {
                 w.by_wd.remove(&wd);
                 // Fails harmlessly when the directory, and with it the watch, is gone.
                 let _ = s.inotify.rm_watch(wd);
             }
-            drop(w);
-            s.changes.bump();
         }
     }
 }
 
-/// Reads inotify events until the service is dropped.
-fn watch_loop(weak: Weak<Shared>) {
+/// Reads inotify events until the service is dropped (returns early, for sweeping, when
+/// inotify fails).
+fn watch_loop(weak: Weak<Shared>, handler: &Handler) {
     let timeout = PollTimeout::try_from(LIVENESS_POLL).unwrap_or(PollTimeout::NONE);
     loop {
         let Some(shared) = weak.upgrade() else {
@@ -159,9 +141,7 @@ fn watch_loop(weak: Weak<Shared>) {
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
-                tracing::warn!(error = %e, "exit watcher: poll failed; exit files are read on every call from now on");
-                lock(&shared.watched).stop();
-                shared.changes.bump();
+                tracing::warn!(error = %e, "exit watcher: poll failed; every exit file is read each second from now on");
                 return;
             }
         }
@@ -169,19 +149,24 @@ fn watch_loop(weak: Weak<Shared>) {
             match shared.inotify.read_events() {
                 Ok(events) if events.is_empty() => break,
                 Ok(events) => {
-                    let mut w = lock(&shared.watched);
-                    for ev in events {
-                        handle_event(&mut w, ev);
+                    let seen = {
+                        let mut w = lock(&shared.watched);
+                        let mut seen = Vec::new();
+                        for ev in events {
+                            handle_event(&mut w, ev, &mut seen);
+                        }
+                        seen
+                    };
+                    for s in seen {
+                        if !handler(s) {
+                            return;
+                        }
                     }
-                    drop(w);
-                    shared.changes.bump();
                 }
                 Err(nix::errno::Errno::EAGAIN) => break,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "exit watcher: read failed; exit files are read on every call from now on");
-                    lock(&shared.watched).stop();
-                    shared.changes.bump();
+                    tracing::warn!(error = %e, "exit watcher: read failed; every exit file is read each second from now on");
                     return;
                 }
             }
@@ -189,16 +174,22 @@ fn watch_loop(weak: Weak<Shared>) {
     }
 }
 
-fn handle_event(w: &mut Watched, ev: nix::sys::inotify::InotifyEvent) {
+/// Asks for a sweep every second while the service lives.
+fn sweep_loop(handler: &Handler) {
+    while handler(Seen::Lost) {
+        std::thread::sleep(SWEEP_INTERVAL);
+    }
+}
+
+fn handle_event(w: &mut Watched, ev: nix::sys::inotify::InotifyEvent, seen: &mut Vec<Seen>) {
     if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
-        // Events were lost: nobody can be trusted to be quiet any more.
-        w.quiet.clear();
+        tracing::warn!("exit watcher: inotify queue overflowed; reading every exit file");
+        seen.push(Seen::Lost);
         return;
     }
     if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
         // The watch is gone (directory removed or unmounted, or `forget`).
         if let Some(id) = w.by_wd.remove(&ev.wd) {
-            w.quiet.remove(&id);
             w.by_id.remove(&id);
         }
         return;
@@ -208,7 +199,7 @@ fn handle_event(w: &mut Watched, ev: nix::sys::inotify::InotifyEvent) {
         .as_ref()
         .is_some_and(|n| n.as_os_str() == EXIT_FILE_NAME);
     if is_exit_file && let Some(id) = w.by_wd.get(&ev.wd) {
-        w.quiet.remove(id);
+        seen.push(Seen::Exit(id.clone()));
     }
 }
 
@@ -217,80 +208,86 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
-    fn wait_until(what: &str, f: impl Fn() -> bool) {
+    /// A watcher whose handler records what it is given.
+    fn recording() -> (ExitWatch, Arc<Mutex<Vec<Seen>>>) {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&got);
+        let w = ExitWatch::start(Box::new(move |s| {
+            lock(&sink).push(s);
+            true
+        }));
+        (w, got)
+    }
+
+    fn wait_for(got: &Mutex<Vec<Seen>>, want: &Seen) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !f() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        while !lock(got).contains(want) {
+            assert!(Instant::now() < deadline, "timed out waiting for {want:?}");
             std::thread::sleep(Duration::from_millis(1));
         }
     }
 
     #[test]
-    fn an_exit_file_renamed_in_ends_quiet() {
+    fn an_exit_file_renamed_in_is_reported_once_and_nothing_else_is() {
         let dir = tempfile::tempdir().unwrap();
         let other = tempfile::tempdir().unwrap();
-        let changes = Changes::default();
-        let w = ExitWatch::start(&changes);
+        let (w, got) = recording();
         assert!(w.watch("c1", dir.path()));
         assert!(w.watch("c0", other.path()));
-        assert!(w.is_quiet("c1"));
         // Other files in the directory (the temporary one the monitor writes first) do not
         // count. Events arrive in order, so once a later exit in another directory has been
         // handled, so has the temporary file's.
         std::fs::write(dir.path().join("exit.json.tmp"), b"{}").unwrap();
         std::fs::write(other.path().join(EXIT_FILE_NAME), b"{}").unwrap();
-        wait_until("the later event", || !w.is_quiet("c0"));
-        assert!(w.is_quiet("c1"), "a temporary file is not the exit file");
-        let before = changes.now();
+        wait_for(&got, &Seen::Exit("c0".into()));
+        assert!(!lock(&got).contains(&Seen::Exit("c1".into())));
         std::fs::rename(
             dir.path().join("exit.json.tmp"),
             dir.path().join(EXIT_FILE_NAME),
         )
         .unwrap();
-        wait_until("the exit event", || !w.is_quiet("c1"));
-        // Cached list answers that showed it running are invalidated.
-        wait_until("the change to be counted", || changes.now() > before);
-        let before = changes.now();
+        wait_for(&got, &Seen::Exit("c1".into()));
         w.forget("c0");
-        assert!(changes.now() > before, "forget counted");
+        w.forget("c1");
+        let watched = lock(&w.shared.as_ref().unwrap().watched);
+        assert!(watched.by_id.is_empty() && watched.by_wd.is_empty());
     }
 
     #[test]
-    fn a_removed_directory_ends_quiet_and_unknown_ids_never_are() {
+    fn a_removed_directory_drops_its_watch() {
         let base = tempfile::tempdir().unwrap();
         let dir = base.path().join("c2");
         std::fs::create_dir(&dir).unwrap();
-        let w = ExitWatch::start(&Changes::default());
-        assert!(!w.is_quiet("c2"));
+        let (w, _got) = recording();
         assert!(w.watch("c2", &dir));
         std::fs::remove_dir(&dir).unwrap();
-        wait_until("the watch to be dropped", || !w.is_quiet("c2"));
+        let shared = w.shared.as_ref().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lock(&shared.watched).by_id.is_empty() {
+            assert!(Instant::now() < deadline, "the watch was not dropped");
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert!(!w.watch("c3", &base.path().join("missing")));
-        assert!(!w.is_quiet("c3"));
     }
 
     #[test]
-    fn a_stopped_watcher_answers_for_nobody() {
+    fn the_thread_ends_when_the_handler_says_the_service_is_gone() {
+        let calls = Arc::new(Mutex::new(0));
+        let n = Arc::clone(&calls);
         let dir = tempfile::tempdir().unwrap();
-        let w = ExitWatch::start(&Changes::default());
-        assert!(w.watch("c5", dir.path()));
-        lock(&w.shared.as_ref().unwrap().watched).stop();
-        assert!(!w.is_quiet("c5"));
-        assert!(!w.watch("c6", dir.path()), "no new watch once stopped");
-        assert!(!w.is_quiet("c6"));
-    }
-
-    #[test]
-    fn forget_ends_quiet() {
-        let dir = tempfile::tempdir().unwrap();
-        let w = ExitWatch::start(&Changes::default());
-        assert!(w.watch("c4", dir.path()));
-        w.forget("c4");
-        assert!(!w.is_quiet("c4"));
-        let watched = lock(&w.shared.as_ref().unwrap().watched);
-        assert!(
-            watched.by_id.is_empty() && watched.by_wd.is_empty(),
-            "the watch is removed"
-        );
+        let w = ExitWatch::start(Box::new(move |_| {
+            *lock(&n) += 1;
+            false
+        }));
+        assert!(w.watch("c", dir.path()));
+        std::fs::write(dir.path().join(EXIT_FILE_NAME), b"{}").unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while *lock(&calls) == 0 {
+            assert!(Instant::now() < deadline, "the exit was not handled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // No sweeping follows: the watch loop returned and the sweep loop stopped at once.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(*lock(&calls) <= 2);
     }
 }

@@ -1,23 +1,21 @@
-//! Pod sandboxes and their containers: the state berthd keeps, the lifecycle operations
-//! the CRI RuntimeService maps onto, and recovery after a restart.
-//!
-//! Each pod and container is an [`Entry`]: an operation lock serializing the slow
-//! lifecycle calls on that object, and a data lock held only for reads and updates, so
-//! list and status calls never wait behind a StopContainer's grace period.
+//! Pod sandboxes and their containers: the lifecycle operations the CRI RuntimeService
+//! maps onto, and recovery after a restart. The records and their events live in the
+//! store (`store.rs`); exits reach it through the exit watcher (`exitwatch.rs`).
 
 pub mod container;
+mod events;
 mod exitwatch;
 mod lists;
 mod portforward;
 pub mod records;
 pub mod sandbox;
 pub mod stats;
+pub mod store;
 mod streaming;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use crate::cgroups::Layout;
 use crate::config::Config;
@@ -25,152 +23,24 @@ use crate::image::ImageService;
 use crate::ociruntime::OciRuntime;
 use crate::{Error, Result};
 
+pub use events::container_event;
 use records::{ContainerRecord, SandboxRecord};
+pub use store::{Entry, Event, EventKind, Lifecycle};
 
-/// Counts the changes of anything a list call shows (records added, updated or removed,
-/// exits learned), so that a list answer built at one count is known to be still right
-/// while the count has not moved. Over-counting only costs a rebuild.
-#[derive(Clone, Default)]
-pub(crate) struct Changes(Arc<AtomicU64>);
-
-impl Changes {
-    /// Records a change; call it after the change is made.
-    pub(crate) fn bump(&self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// The count now; read it before reading what it guards.
-    pub(crate) fn now(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
+/// Pods and containers by state (see [`PodService::state_counts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    /// Containers created and not started.
+    pub containers_created: u64,
+    /// Containers running.
+    pub containers_running: u64,
+    /// Containers exited (or failed to start).
+    pub containers_exited: u64,
+    /// Pod sandboxes ready.
+    pub pods_ready: u64,
+    /// Pod sandboxes not ready.
+    pub pods_not_ready: u64,
 }
-
-/// A pod or container: an operation lock and the data.
-pub struct Entry<T> {
-    op: tokio::sync::Mutex<()>,
-    data: Mutex<Slot<T>>,
-    changes: Changes,
-}
-
-/// An entry's data and its cached encodings.
-struct Slot<T> {
-    value: T,
-    /// The protobuf encodings calls send for this entry (see [`Encoding`]), each built on
-    /// first use and all dropped by every update.
-    encoded: [Option<Vec<u8>>; 2],
-}
-
-/// The encodings an [`Entry`] keeps.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Encoding {
-    /// Its item in ListPodSandbox or ListContainers.
-    ListItem = 0,
-    /// The parts of its ContainerStatus that only a record update changes.
-    Status = 1,
-}
-
-impl<T: Clone> Entry<T> {
-    fn new(v: T, changes: &Changes) -> Arc<Entry<T>> {
-        Arc::new(Entry {
-            op: tokio::sync::Mutex::new(()),
-            data: Mutex::new(Slot {
-                value: v,
-                encoded: [None, None],
-            }),
-            changes: changes.clone(),
-        })
-    }
-
-    /// A copy of the data.
-    pub fn get(&self) -> T {
-        lock(&self.data).value.clone()
-    }
-
-    /// Runs `f` on the data without copying it (the list calls' hot path).
-    pub(crate) fn with<R>(&self, f: impl FnOnce(&T) -> R) -> R {
-        f(&lock(&self.data).value)
-    }
-
-    /// Runs `f` on the data and its encoding `which`, which `encode` builds when the data
-    /// changed since the last call.
-    pub(crate) fn with_encoded<R>(
-        &self,
-        which: Encoding,
-        encode: impl FnOnce(&T) -> Vec<u8>,
-        f: impl FnOnce(&T, &[u8]) -> R,
-    ) -> R {
-        let mut slot = lock(&self.data);
-        let slot = &mut *slot;
-        let bytes = slot.encoded[which as usize].get_or_insert_with(|| encode(&slot.value));
-        f(&slot.value, bytes)
-    }
-
-    fn update<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let out = {
-            let mut slot = lock(&self.data);
-            slot.encoded = [None, None];
-            f(&mut slot.value)
-        };
-        self.changes.bump();
-        out
-    }
-}
-
-/// Pods or containers by ID. Entries are added and removed only through it, so that every
-/// such change is counted in [`Changes`].
-pub(crate) struct Table<T> {
-    map: Mutex<HashMap<String, Arc<Entry<T>>>>,
-    changes: Changes,
-}
-
-impl<T: Clone> Table<T> {
-    fn new(changes: &Changes) -> Table<T> {
-        Table {
-            map: Mutex::new(HashMap::new()),
-            changes: changes.clone(),
-        }
-    }
-
-    /// Adds (or replaces) `id`.
-    pub(crate) fn insert(&self, id: String, value: T) {
-        let entry = Entry::new(value, &self.changes);
-        lock(&self.map).insert(id, entry);
-        self.changes.bump();
-    }
-
-    /// Removes `id`.
-    pub(crate) fn remove(&self, id: &str) {
-        lock(&self.map).remove(id);
-        self.changes.bump();
-    }
-
-    /// The entries, read-only, locked while the guard lives.
-    pub(crate) fn read(&self) -> TableRead<'_, T> {
-        TableRead(lock(&self.map))
-    }
-}
-
-/// A read-only view of a [`Table`].
-pub(crate) struct TableRead<'a, T>(std::sync::MutexGuard<'a, HashMap<String, Arc<Entry<T>>>>);
-
-impl<T> std::ops::Deref for TableRead<'_, T> {
-    type Target = HashMap<String, Arc<Entry<T>>>;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-/// Unfiltered list answers, kept with the change count they were built at (see
-/// `lists.rs`).
-#[derive(Default)]
-pub(crate) struct ListSnapshots {
-    pub(crate) sandboxes: Kept,
-    pub(crate) containers: Kept,
-}
-
-/// A kept answer and the change count it was built at.
-pub(crate) type Kept = Option<(u64, Vec<u8>)>;
 
 /// Settings of the pod service.
 #[derive(Debug, Clone)]
@@ -254,12 +124,8 @@ pub(crate) struct Inner {
     pub(crate) opts: PodServiceOptions,
     pub(crate) images: ImageService,
     pub(crate) cgroups: Layout,
-    pub(crate) sandboxes: Table<SandboxRecord>,
-    pub(crate) containers: Table<ContainerRecord>,
-    /// Counts what list calls show; shared by the tables, their entries and the exit watch.
-    pub(crate) changes: Changes,
-    /// The last unfiltered list answers.
-    pub(crate) lists: Mutex<ListSnapshots>,
+    /// The pods and containers, their states and events.
+    pub(crate) store: store::Store,
     /// Reserved pod and container names, so concurrent creates cannot both take one.
     pub(crate) names: Mutex<HashSet<String>>,
     /// The lowest oom_score_adj berthd may give (no CAP_SYS_RESOURCE: its own value).
@@ -270,10 +136,10 @@ pub(crate) struct Inner {
     pub(crate) pod_cidr: Mutex<Option<String>>,
     /// Samples for CPU rates and cached disk usage.
     pub(crate) stats: stats::StatsCache,
-    /// Exit statuses already read from the monitors' exit files.
-    pub(crate) exits: Mutex<HashMap<String, crate::monitor::ExitInfo>>,
-    /// Which running containers have certainly not exited yet.
+    /// Sees the monitors' exit files appear and records the exits in the store.
     pub(crate) exit_watch: exitwatch::ExitWatch,
+    /// Containers this berthd saw killed by the OOM killer.
+    pub(crate) oom_kills: std::sync::atomic::AtomicU64,
     /// Deferred fsyncs of records whose loss in a machine crash is harmless.
     pub(crate) sync: crate::fsutil::SyncQueue,
     /// Starts the kernel's grace period of a cgroup move before the OCI runtime's move.
@@ -321,7 +187,6 @@ impl PodService {
             );
         }
         let sync = crate::fsutil::SyncQueue::start();
-        let changes = Changes::default();
         // After a restart of berthd the page cache still has an ADD's cache entry; lost in
         // a crash of the machine, DEL runs with the current network instead (as with no
         // cache at all), which is how IPAM plugins release by container ID anyway.
@@ -332,21 +197,18 @@ impl PodService {
                 move |p: &Path| sync.schedule(p)
             })),
         );
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|weak: &Weak<Inner>| Inner {
             cni,
             sync,
             warmer,
             pod_cidr: Mutex::new(None),
             stats: stats::StatsCache::default(),
-            exits: Mutex::new(HashMap::new()),
-            exit_watch: exitwatch::ExitWatch::start(&changes),
+            exit_watch: exitwatch::ExitWatch::start(exit_handler(weak.clone())),
             opts,
             images,
             cgroups,
-            sandboxes: Table::new(&changes),
-            containers: Table::new(&changes),
-            changes,
-            lists: Mutex::new(ListSnapshots::default()),
+            store: store::Store::default(),
+            oom_kills: std::sync::atomic::AtomicU64::new(0),
             names: Mutex::new(HashSet::new()),
             min_oom_score_adj: if has_cap_sys_resource() {
                 -1000
@@ -377,46 +239,35 @@ impl PodService {
         let containers: Vec<ContainerRecord> =
             records::load_all(&inner.opts.root.join("containers").join("records"), true);
         let mut names = inner.names.lock().unwrap_or_else(|p| p.into_inner());
+        let known_pods: HashSet<String> = sandboxes.iter().map(|s| s.id.clone()).collect();
+        let mut known_ctrs = HashSet::new();
+        let (pods, mut ctrs) = (sandboxes.len(), 0);
         for s in sandboxes {
             names.insert(sandbox::name_key(&s.metadata()));
-            inner.sandboxes.insert(s.id.clone(), s);
+            inner.store.add_sandbox(s);
         }
-        for c in containers {
-            if !inner.sandboxes.read().contains_key(&c.pod_id) {
+        for mut c in containers {
+            if !known_pods.contains(&c.pod_id) {
                 tracing::warn!(container = %c.id, pod = %c.pod_id, "container of an unknown pod; ignoring it");
                 continue;
             }
             names.insert(container::name_key(&c.pod_id, &c.metadata()));
-            inner.containers.insert(c.id.clone(), c);
+            // Watch first, then look: an exit before the watch began is in the file. Created
+            // ones too: a crash between runc's start and the start record leaves a running
+            // container recorded as created, whose exit must still be seen.
+            if c.start_error.is_none() {
+                inner.exit_watch.watch(&c.id, &c.dir);
+            }
+            c.state = container::state_on_disk(&c);
+            if c.state.is_exited() {
+                inner.exit_watch.forget(&c.id);
+            }
+            known_ctrs.insert(c.id.clone());
+            inner.store.add_container(c);
+            ctrs += 1;
         }
-        let sb_map = inner.sandboxes.read();
-        let c_map = inner.containers.read();
-        tracing::info!(
-            pods = sb_map.len(),
-            containers = c_map.len(),
-            "recovered state"
-        );
-        let known_pods: HashSet<String> = sb_map.keys().cloned().collect();
-        let known_ctrs: HashSet<String> = c_map.keys().cloned().collect();
-        // Created ones too: a crash between runc's start and the start record leaves a
-        // running container recorded as created, whose exit must still be seen (list
-        // answers are kept while nothing is seen to change).
-        let running: Vec<Arc<Entry<ContainerRecord>>> = c_map
-            .values()
-            .filter(|e| e.with(|c| c.start_error.is_none()))
-            .cloned()
-            .collect();
-        drop((names, sb_map, c_map));
-        for e in running {
-            // Watch first, then look: an exit before the watch began is in the file.
-            e.with(|c| {
-                if self.inner.exit_watch.watch(&c.id, &c.dir)
-                    && matches!(self.lifecycle(c), container::Lifecycle::Exited(_))
-                {
-                    self.inner.exit_watch.forget(&c.id);
-                }
-            });
-        }
+        drop(names);
+        tracing::info!(pods, containers = ctrs, "recovered state");
         self.remove_orphans(&known_pods, &known_ctrs);
     }
 
@@ -491,56 +342,73 @@ impl PodService {
     }
 
     pub(crate) fn sandbox(&self, id: &str) -> Result<Arc<Entry<SandboxRecord>>> {
-        lookup(&self.inner.sandboxes.read(), id, "pod sandbox")
+        lookup(&self.inner.store.sandbox_map(), id, "pod sandbox")
     }
 
     pub(crate) fn container(&self, id: &str) -> Result<Arc<Entry<ContainerRecord>>> {
-        lookup(&self.inner.containers.read(), id, "container")
+        lookup(&self.inner.store.container_map(), id, "container")
     }
 
     /// A snapshot of every pod record.
     pub(crate) fn all_sandboxes(&self) -> Vec<SandboxRecord> {
-        self.inner
-            .sandboxes
-            .read()
-            .values()
-            .map(|e| e.get())
-            .collect()
+        self.sandbox_entries().iter().map(|e| e.get()).collect()
     }
 
     /// Every container entry (shared, not copied).
     pub(crate) fn container_entries(&self) -> Vec<Arc<Entry<ContainerRecord>>> {
-        self.inner.containers.read().values().cloned().collect()
+        self.inner.store.containers()
     }
 
     /// Every pod entry (shared, not copied).
     pub(crate) fn sandbox_entries(&self) -> Vec<Arc<Entry<SandboxRecord>>> {
-        self.inner.sandboxes.read().values().cloned().collect()
+        self.inner.store.sandboxes()
     }
 
     /// A snapshot of every container record.
     pub(crate) fn all_containers(&self) -> Vec<ContainerRecord> {
-        self.inner
-            .containers
-            .read()
-            .values()
-            .map(|e| e.get())
-            .collect()
+        self.container_entries().iter().map(|e| e.get()).collect()
     }
 
     pub(crate) fn containers_of(&self, pod_id: &str) -> Vec<Arc<Entry<ContainerRecord>>> {
+        self.inner.store.containers_of(pod_id)
+    }
+
+    /// How many pods and containers are in each state now.
+    pub fn state_counts(&self) -> StateCounts {
+        let mut n = StateCounts::default();
+        for e in self.container_entries() {
+            match e.with(|c| c.state) {
+                Lifecycle::Created => n.containers_created += 1,
+                Lifecycle::Running => n.containers_running += 1,
+                Lifecycle::Exited(_) => n.containers_exited += 1,
+            }
+        }
+        for e in self.sandbox_entries() {
+            if e.with(sandbox::sandbox_state) == k8s_cri::v1::PodSandboxState::SandboxReady {
+                n.pods_ready += 1;
+            } else {
+                n.pods_not_ready += 1;
+            }
+        }
+        n
+    }
+
+    /// Containers this berthd has seen killed by the OOM killer since it started.
+    pub fn oom_kills(&self) -> u64 {
         self.inner
-            .containers
-            .read()
-            .values()
-            .filter(|e| e.with(|c| c.pod_id == pod_id))
-            .cloned()
-            .collect()
+            .oom_kills
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every change from now on, in order (see `store`). A receiver that falls
+    /// [`store::EVENT_QUEUE`] events behind gets `Lagged` and should be dropped.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<Event>> {
+        self.inner.store.subscribe()
     }
 
     /// The container using image `image_id`, if any (images in use are not removed).
     pub fn image_user(&self, image_id: &str) -> Option<String> {
-        let map = self.inner.containers.read();
+        let map = self.inner.store.container_map();
         map.values()
             .find_map(|e| e.with(|c| (c.image_id == image_id).then(|| c.id.clone())))
     }
@@ -635,6 +503,22 @@ impl Drop for NameGuard {
             lock(&self.inner.names).remove(&k);
         }
     }
+}
+
+/// What the exit watcher does with what it sees: the service reads the exit file and
+/// records the exit (see `exitwatch`).
+fn exit_handler(weak: Weak<Inner>) -> exitwatch::Handler {
+    Box::new(move |seen| {
+        let Some(inner) = weak.upgrade() else {
+            return false;
+        };
+        let svc = PodService { inner };
+        match seen {
+            exitwatch::Seen::Exit(id) => svc.exit_seen(&id),
+            exitwatch::Seen::Lost => svc.sweep_exits(),
+        }
+        true
+    })
 }
 
 pub(crate) fn release_name(inner: &Inner, key: &str) {

@@ -114,6 +114,10 @@ pub struct ContainerRecord {
     pub stop_signal: Option<String>,
     /// Cgroup path of the container (cgroupfs).
     pub cgroup_path: String,
+    /// Lifecycle state, kept by the store; not saved: at start it is worked out again from
+    /// the record and the monitor's exit file.
+    #[serde(skip)]
+    pub state: super::store::Lifecycle,
 }
 
 impl ContainerRecord {

@@ -249,7 +249,7 @@ impl PodService {
             self.abort_run(&mut done, add_ran).await;
             return Err(e);
         }
-        self.inner.sandboxes.insert(id.clone(), done);
+        self.inner.store.add_sandbox(done);
         guard.keep();
         tracing::info!(pod = %id, name = %meta.name, namespace = %meta.namespace, "pod sandbox ready");
         Ok(id)
@@ -465,7 +465,7 @@ impl PodService {
         self.teardown(&mut rec).await;
         rec.state = SandboxState::NotReady;
         records::save(&self.sandbox_record_path(&rec.id), &rec)?;
-        entry.update(|r| *r = rec);
+        self.inner.store.update_sandbox(&entry, |r| *r = rec);
         tracing::info!(pod = %id, "pod sandbox stopped");
         Ok(())
     }
@@ -484,7 +484,9 @@ impl PodService {
         if rec.network_attached {
             self.release_network(&mut rec).await?;
             records::save(&self.sandbox_record_path(&rec.id), &rec)?;
-            entry.update(|r| r.network_attached = false);
+            self.inner
+                .store
+                .update_sandbox(&entry, |r| r.network_attached = false);
         }
         for c in self.containers_of(&rec.id) {
             let cid = c.get().id;
@@ -498,7 +500,7 @@ impl PodService {
         }
         crate::fsutil::remove_all(&rec.dir)?;
         crate::fsutil::remove_all(&self.sandbox_record_path(&rec.id))?;
-        self.inner.sandboxes.remove(&rec.id);
+        self.inner.store.remove_sandbox(&rec.id);
         release_name(&self.inner, &name_key(&rec.metadata()));
         tracing::info!(pod = %rec.id, "pod sandbox removed");
         Ok(())
@@ -511,29 +513,7 @@ impl PodService {
         verbose: bool,
     ) -> Result<(cri::PodSandboxStatus, HashMap<String, String>)> {
         let rec = self.sandbox(id)?.get();
-        let status = cri::PodSandboxStatus {
-            id: rec.id.clone(),
-            metadata: Some(rec.metadata()),
-            state: sandbox_state(&rec) as i32,
-            created_at: rec.created_at_ns,
-            network: Some(cri::PodSandboxNetworkStatus {
-                ip: rec.ips.first().cloned().unwrap_or_default(),
-                additional_ips: rec
-                    .ips
-                    .iter()
-                    .skip(1)
-                    .map(|ip| cri::PodIp { ip: ip.clone() })
-                    .collect(),
-            }),
-            linux: Some(cri::LinuxPodSandboxStatus {
-                namespaces: Some(cri::Namespace {
-                    options: Some(rec.ns_options()),
-                }),
-            }),
-            labels: rec.config.labels.clone(),
-            annotations: rec.config.annotations.clone(),
-            runtime_handler: rec.runtime_handler.clone(),
-        };
+        let status = sandbox_status_of(&rec);
         let mut info = HashMap::new();
         if verbose {
             let v = serde_json::json!({
@@ -653,6 +633,33 @@ fn parent_pid(pid: i32) -> Option<i32> {
         .lines()
         .find_map(|l| l.strip_prefix("PPid:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// A pod's PodSandboxStatus (its status call and its events share it).
+pub(crate) fn sandbox_status_of(rec: &SandboxRecord) -> cri::PodSandboxStatus {
+    cri::PodSandboxStatus {
+        id: rec.id.clone(),
+        metadata: Some(rec.metadata()),
+        state: sandbox_state(rec) as i32,
+        created_at: rec.created_at_ns,
+        network: Some(cri::PodSandboxNetworkStatus {
+            ip: rec.ips.first().cloned().unwrap_or_default(),
+            additional_ips: rec
+                .ips
+                .iter()
+                .skip(1)
+                .map(|ip| cri::PodIp { ip: ip.clone() })
+                .collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(rec.ns_options()),
+            }),
+        }),
+        labels: rec.config.labels.clone(),
+        annotations: rec.config.annotations.clone(),
+        runtime_handler: rec.runtime_handler.clone(),
+    }
 }
 
 pub(crate) fn sandbox_state(r: &SandboxRecord) -> cri::PodSandboxState {

@@ -9,6 +9,7 @@
 
 pub mod berthd;
 pub mod cri;
+pub mod events;
 pub mod fixtures;
 pub mod image;
 pub mod metrics;

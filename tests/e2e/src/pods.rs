@@ -562,9 +562,16 @@ impl PodEnv {
 
     /// A registry with busybox pushed, berthd, and busybox pulled as `busybox`.
     pub async fn with_busybox() -> Result<PodEnv> {
+        Self::with_busybox_options(|o| o).await
+    }
+
+    /// [`PodEnv::with_busybox`] with berthd's options changed by `options` (metrics, say).
+    pub async fn with_busybox_options(
+        options: impl FnOnce(BerthdOptions) -> BerthdOptions,
+    ) -> Result<PodEnv> {
         let reg = Registry::start().await?;
         let bb = push_busybox(&reg.pusher()).await?;
-        let berthd = Berthd::start(BerthdOptions::with_registry(&reg.addr())).await?;
+        let berthd = Berthd::start(options(BerthdOptions::with_registry(&reg.addr()))).await?;
         let env = Self::assemble(berthd, Some(reg), Some(bb.clone())).await?;
         let id = env.cri.pull("busybox").await?;
         assert_eq!(id, bb.id(), "PullImage busybox returns the image ID");

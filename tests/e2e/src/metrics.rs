@@ -1,4 +1,5 @@
-//! Parsing of the Prometheus text exposition format, enough for the metrics tests.
+//! The Prometheus text exposition, parsed by the `prometheus-parse` crate, as samples the
+//! metrics tests can search.
 
 /// One sample: metric name, labels, value.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,93 +22,60 @@ impl Sample {
     }
 }
 
-/// Parses every sample line (comments and blank lines skipped, unparsable lines ignored).
+/// Parses a Prometheus text exposition with the `prometheus-parse` crate. Histogram
+/// buckets come back as one `<name>_bucket` sample per bucket with its `le` label (`+Inf`
+/// for the last), as the exposition writes them; labels are sorted by name.
 pub fn parse(text: &str) -> Vec<Sample> {
-    text.lines().filter_map(parse_line).collect()
-}
-
-fn parse_line(line: &str) -> Option<Sample> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let (name, labels, rest) = match line.find('{') {
-        Some(i) if line[..i].find(' ').is_none() => {
-            let end = find_label_end(line, i)?;
-            (
-                &line[..i],
-                parse_labels(&line[i + 1..end])?,
-                &line[end + 1..],
-            )
-        }
-        _ => {
-            let sp = line.find(' ')?;
-            (&line[..sp], Vec::new(), &line[sp..])
-        }
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let Ok(scrape) = prometheus_parse::Scrape::parse(lines) else {
+        return Vec::new();
     };
-    let value_str = rest.split_whitespace().next()?;
-    let value = match value_str {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
-    };
-    Some(Sample {
-        name: name.to_string(),
-        labels,
-        value,
-    })
-}
-
-fn find_label_end(line: &str, open: usize) -> Option<usize> {
-    let bytes = line.as_bytes();
-    let mut in_str = false;
-    let mut i = open + 1;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' if in_str => i += 1,
-            b'"' => in_str = !in_str,
-            b'}' if !in_str => return Some(i),
-            _ => {}
-        }
-        i += 1;
-    }
-    None
-}
-
-fn parse_labels(s: &str) -> Option<Vec<(String, String)>> {
     let mut out = Vec::new();
-    let mut rest = s.trim();
-    while !rest.is_empty() {
-        let eq = rest.find('=')?;
-        let key = rest[..eq].trim().to_string();
-        let after = rest[eq + 1..].trim_start();
-        let after = after.strip_prefix('"')?;
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = None;
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, n)) = chars.next() {
-                        value.push(match n {
-                            'n' => '\n',
-                            other => other,
-                        });
-                    }
+    for s in scrape.samples {
+        let mut labels: Vec<(String, String)> = s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.sort();
+        match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => out.push(Sample {
+                name: s.metric,
+                labels,
+                value: v,
+            }),
+            prometheus_parse::Value::Histogram(buckets) => {
+                for b in buckets {
+                    let le = if b.less_than.is_infinite() {
+                        "+Inf".to_string()
+                    } else {
+                        b.less_than.to_string()
+                    };
+                    let mut l = labels.clone();
+                    l.push(("le".to_string(), le));
+                    out.push(Sample {
+                        name: format!("{}_bucket", s.metric),
+                        labels: l,
+                        value: b.count,
+                    });
                 }
-                '"' => {
-                    end = Some(i);
-                    break;
+            }
+            prometheus_parse::Value::Summary(quantiles) => {
+                for q in quantiles {
+                    let mut l = labels.clone();
+                    l.push(("quantile".to_string(), q.quantile.to_string()));
+                    out.push(Sample {
+                        name: s.metric.clone(),
+                        labels: l,
+                        value: q.count,
+                    });
                 }
-                c => value.push(c),
             }
         }
-        let end = end?;
-        out.push((key, value));
-        rest = after[end + 1..].trim_start();
-        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
     }
-    Some(out)
+    out
 }
 
 /// Samples named `name` whose labels include every `(key, value)` of `labels`.
@@ -128,21 +96,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_samples() {
-        let text = "# HELP x y\n# TYPE berth_cri_requests counter\n\
+    fn parses_counters_gauges_and_histograms() {
+        let text = "# HELP berth_cri_requests x\n# TYPE berth_cri_requests counter\n\
             berth_cri_requests_total{method=\"PullImage\"} 2\n\
+            # TYPE berth_containers gauge\n\
+            berth_containers{state=\"running\"} 3\n\
+            # TYPE berth_cri_request_duration_seconds histogram\n\
+            berth_cri_request_duration_seconds_bucket{method=\"Version\",le=\"0.5\"} 1\n\
             berth_cri_request_duration_seconds_bucket{method=\"Version\",le=\"+Inf\"} 1\n\
-            berth_image_pull_bytes_total 1.5e3\n\
-            weird{a=\"x,}y\\\"z\",b=\"2\"} 3 1700000000\n";
+            berth_cri_request_duration_seconds_sum{method=\"Version\"} 0.1\n\
+            berth_cri_request_duration_seconds_count{method=\"Version\"} 1\n\
+            berth_image_pull_bytes_total 1.5e3\n# EOF\n";
         let s = parse(text);
-        assert_eq!(s.len(), 4);
         assert_eq!(
             sum(&s, "berth_cri_requests_total", &[("method", "PullImage")]),
             2.0
         );
-        assert_eq!(s[2].value, 1500.0);
-        assert_eq!(s[3].label("a"), Some("x,}y\"z"));
-        assert_eq!(s[3].label("b"), Some("2"));
-        assert_eq!(s[1].label("le"), Some("+Inf"));
+        assert_eq!(sum(&s, "berth_containers", &[("state", "running")]), 3.0);
+        assert_eq!(sum(&s, "berth_image_pull_bytes_total", &[]), 1500.0);
+        let buckets = find(
+            &s,
+            "berth_cri_request_duration_seconds_bucket",
+            &[("method", "Version")],
+        );
+        assert_eq!(buckets.len(), 2);
+        assert!(buckets.iter().any(|b| b.label("le") == Some("+Inf")));
+        assert_eq!(
+            sum(&s, "berth_cri_request_duration_seconds_count", &[]),
+            1.0
+        );
     }
 }

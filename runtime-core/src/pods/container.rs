@@ -110,7 +110,7 @@ impl PodService {
         }
     }
 
-    fn container_record_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn container_record_path(&self, id: &str) -> PathBuf {
         self.inner
             .opts
             .root
@@ -196,6 +196,7 @@ impl PodService {
                 .as_ref()
                 .and_then(|c| c.stop_signal.clone()),
             cgroup_path: format!("{}/{}", pod.cgroup_parent.trim_end_matches('/'), id),
+            exit_message: None,
             state: Lifecycle::Created,
         };
         let lowers = self.inner.images.lower_dirs(&image)?;
@@ -760,7 +761,10 @@ pub(crate) fn status_of(rec: &ContainerRecord) -> cri::ContainerStatus {
                 x.finished_at_ns,
                 x.exit_code,
                 reason.to_string(),
-                rec.start_error.clone().unwrap_or_default(),
+                rec.start_error
+                    .clone()
+                    .or_else(|| rec.exit_message.clone())
+                    .unwrap_or_default(),
             )
         }
         _ => (0, 0, String::new(), String::new()),

@@ -4,12 +4,16 @@
 //! the pod service, which reads the file and records the exit in the store (and so
 //! publishes the container's Stopped event) with no CRI call in between.
 //!
+//! Each pod's monitor is watched too, through a pidfd: when one dies the service is told at
+//! once, so that the containers it supervised are killed and reported exited instead of
+//! running unsupervised until the next call.
+//!
 //! When events may have been lost (the inotify queue overflowed) the service is asked to
 //! sweep: read the exit file of every container not known to have exited. Without inotify
 //! at all (no instance left, a failed read) the thread sweeps every second instead.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -33,6 +37,8 @@ pub(crate) enum Seen {
     Exit(String),
     /// Events may have been lost: every exit file must be read.
     Lost,
+    /// The monitor (pid) of this pod exited.
+    MonitorDied(String, i32),
 }
 
 /// Handles what the watcher saw; returns false once the service is gone, which ends the
@@ -45,11 +51,16 @@ struct Watched {
     by_wd: HashMap<WatchDescriptor, String>,
     /// Container ID -> its watch.
     by_id: HashMap<String, WatchDescriptor>,
+    /// Pod ID -> its monitor's pid and pidfd.
+    /// Shared with a poll in progress, so that forgetting never closes a polled descriptor.
+    monitors: HashMap<String, (i32, Arc<OwnedFd>)>,
 }
 
 struct Shared {
     inotify: Inotify,
     watched: Mutex<Watched>,
+    /// Written to wake the thread when the set of monitors changed.
+    wake: (OwnedFd, OwnedFd),
 }
 
 /// Watches the directories of running containers for their exit files.
@@ -67,12 +78,19 @@ impl ExitWatch {
                 None
             }
         };
-        let shared = inotify.map(|inotify| {
-            Arc::new(Shared {
+        let wake = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK);
+        let shared = match (inotify, wake) {
+            (Some(inotify), Ok(wake)) => Some(Arc::new(Shared {
                 inotify,
                 watched: Mutex::new(Watched::default()),
-            })
-        });
+                wake,
+            })),
+            (Some(_), Err(e)) => {
+                tracing::warn!(error = %e, "no pipe for the exit watcher: container exits are found by reading every exit file each second");
+                None
+            }
+            (None, _) => None,
+        };
         let weak = shared.as_ref().map(Arc::downgrade);
         let started = std::thread::Builder::new()
             .name("berthd-exits".into())
@@ -114,6 +132,39 @@ impl ExitWatch {
         }
     }
 
+    /// Watches the monitor `pid` of pod `pod_id`; returns false when it cannot (no pidfd,
+    /// or no watcher). Call it with a pid known to be the pod's monitor: the pidfd then
+    /// refers to that process even if the pid is reused later.
+    pub(crate) fn watch_monitor(&self, pod_id: &str, pid: i32) -> bool {
+        let Some(shared) = &self.shared else {
+            return false;
+        };
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        let Ok(fd) = RawFd::try_from(fd) else {
+            return false;
+        };
+        if fd < 0 {
+            tracing::warn!(pod = pod_id, pid, error = %std::io::Error::last_os_error(), "cannot watch the pod's monitor; its death is noticed at the next call");
+            return false;
+        }
+        // SAFETY: the descriptor was just returned by the kernel and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        lock(&shared.watched)
+            .monitors
+            .insert(pod_id.to_string(), (pid, Arc::new(fd)));
+        let _ = nix::unistd::write(&shared.wake.1, &[1]);
+        true
+    }
+
+    /// Stops watching the monitor of pod `pod_id` (it is being shut down).
+    pub(crate) fn forget_monitor(&self, pod_id: &str) {
+        if let Some(s) = &self.shared {
+            lock(&s.watched).monitors.remove(pod_id);
+            let _ = nix::unistd::write(&s.wake.1, &[1]);
+        }
+    }
+
     /// Stops watching container `id` (its exit is known, or it is being removed).
     pub(crate) fn forget(&self, id: &str) {
         if let Some(s) = &self.shared {
@@ -135,8 +186,27 @@ fn watch_loop(weak: Weak<Shared>, handler: &Handler) {
         let Some(shared) = weak.upgrade() else {
             return;
         };
-        let mut fds = [PollFd::new(shared.inotify.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, timeout) {
+        // The monitors' pidfds, held for this poll (a monitor forgotten meanwhile closes
+        // its descriptor only when the poll let go of it).
+        let monitors: Vec<(String, i32, Arc<OwnedFd>)> = lock(&shared.watched)
+            .monitors
+            .iter()
+            .map(|(pod, (pid, fd))| (pod.clone(), *pid, Arc::clone(fd)))
+            .collect();
+        let mut fds = vec![
+            PollFd::new(shared.inotify.as_fd(), PollFlags::POLLIN),
+            PollFd::new(shared.wake.0.as_fd(), PollFlags::POLLIN),
+        ];
+        for (_, _, fd) in &monitors {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        let polled = poll(&mut fds, timeout);
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        match polled {
             Ok(0) => continue,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
@@ -144,6 +214,27 @@ fn watch_loop(weak: Weak<Shared>, handler: &Handler) {
                 tracing::warn!(error = %e, "exit watcher: poll failed; every exit file is read each second from now on");
                 return;
             }
+        }
+        if ready[1] {
+            let mut buf = [0u8; 64];
+            while matches!(nix::unistd::read(&shared.wake.0, &mut buf), Ok(n) if n > 0) {}
+        }
+        let mut died = Vec::new();
+        for ((pod, pid, _), r) in monitors.into_iter().zip(&ready[2..]) {
+            let mut w = lock(&shared.watched);
+            // Still the same watch (not forgotten or replaced while polling).
+            if *r && w.monitors.get(&pod).is_some_and(|(p, _)| *p == pid) {
+                w.monitors.remove(&pod);
+                died.push(Seen::MonitorDied(pod, pid));
+            }
+        }
+        for d in died {
+            if !handler(d) {
+                return;
+            }
+        }
+        if !ready[0] {
+            continue;
         }
         loop {
             match shared.inotify.read_events() {

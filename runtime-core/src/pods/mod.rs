@@ -12,6 +12,7 @@ pub mod sandbox;
 pub mod stats;
 pub mod store;
 mod streaming;
+mod supervision;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -268,6 +269,18 @@ impl PodService {
         }
         drop(names);
         tracing::info!(pods, containers = ctrs, "recovered state");
+        for e in self.sandbox_entries() {
+            let (id, pid, watch) = e.with(|s| {
+                (
+                    s.id.clone(),
+                    s.monitor_pid,
+                    s.state == records::SandboxState::Ready && !s.monitor_lost,
+                )
+            });
+            if let (true, Some(pid)) = (watch, pid) {
+                self.supervise_monitor(&id, pid);
+            }
+        }
         self.remove_orphans(&known_pods, &known_ctrs);
     }
 
@@ -516,6 +529,12 @@ fn exit_handler(weak: Weak<Inner>) -> exitwatch::Handler {
         match seen {
             exitwatch::Seen::Exit(id) => svc.exit_seen(&id),
             exitwatch::Seen::Lost => svc.sweep_exits(),
+            exitwatch::Seen::MonitorDied(pod, pid) => {
+                // Off the watcher thread: the kills wait for the processes to be gone.
+                let _ = std::thread::Builder::new()
+                    .name("berthd-monitor-lost".into())
+                    .spawn(move || svc.monitor_died(&pod, pid));
+            }
         }
         true
     })
@@ -554,7 +573,7 @@ fn lookup<T>(map: &HashMap<String, Arc<T>>, id: &str, what: &str) -> Result<Arc<
 }
 
 /// True when `pid` runs the berth monitor binary (so a recycled pid is never killed).
-fn is_monitor(pid: i32) -> bool {
+pub(crate) fn is_monitor(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
         .map(|c| {
             c.split('\0')

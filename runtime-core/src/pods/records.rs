@@ -62,6 +62,10 @@ pub struct SandboxRecord {
     /// Pod IPs from the CNI result (IPv4 first), or the host's for hostNetwork pods.
     #[serde(default)]
     pub ips: Vec<String>,
+    /// Set when the pod's monitor died while the pod was ready: the pod is reported not
+    /// ready and its containers exited (see `supervision.rs`).
+    #[serde(default)]
+    pub monitor_lost: bool,
 }
 
 impl SandboxRecord {
@@ -114,6 +118,10 @@ pub struct ContainerRecord {
     pub stop_signal: Option<String>,
     /// Cgroup path of the container (cgroupfs).
     pub cgroup_path: String,
+    /// Why the container exited, when berth knows more than its exit code (its monitor
+    /// died): ContainerStatus.message.
+    #[serde(default)]
+    pub exit_message: Option<String>,
     /// Lifecycle state, kept by the store; not saved: at start it is worked out again from
     /// the record and the monitor's exit file.
     #[serde(skip)]

@@ -95,6 +95,7 @@ impl PodService {
             monitor_socket: dir.join("monitor.sock"),
             network_attached: false,
             ips: vec![],
+            monitor_lost: false,
         };
         let hostname = pod_hostname(&rec);
         let nso = rec.ns_options();
@@ -249,7 +250,11 @@ impl PodService {
             self.abort_run(&mut done, add_ran).await;
             return Err(e);
         }
+        let monitor = done.monitor_pid;
         self.inner.store.add_sandbox(done);
+        if let Some(pid) = monitor {
+            self.supervise_monitor(&id, pid);
+        }
         guard.keep();
         tracing::info!(pod = %id, name = %meta.name, namespace = %meta.namespace, "pod sandbox ready");
         Ok(id)
@@ -282,7 +287,7 @@ impl PodService {
         }
     }
 
-    fn sandbox_record_path(&self, id: &str) -> PathBuf {
+    pub(crate) fn sandbox_record_path(&self, id: &str) -> PathBuf {
         self.inner
             .opts
             .root
@@ -350,6 +355,8 @@ impl PodService {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+        // A monitor shut down on purpose is not a monitor that died.
+        self.inner.exit_watch.forget_monitor(&rec.id);
         if rec.monitor_pid.is_some() {
             // A monitor that acknowledged the shutdown exits by itself; only one that did not
             // answer is killed below.
@@ -671,6 +678,8 @@ pub(crate) fn sandbox_state(r: &SandboxRecord) -> cri::PodSandboxState {
         SandboxState::Ready if r.network_attached && r.ips.is_empty() => {
             cri::PodSandboxState::SandboxNotready
         }
+        // Its monitor died: nothing supervises its containers any more.
+        SandboxState::Ready if r.monitor_lost => cri::PodSandboxState::SandboxNotready,
         SandboxState::Ready => cri::PodSandboxState::SandboxReady,
         SandboxState::NotReady => cri::PodSandboxState::SandboxNotready,
     }

@@ -198,21 +198,25 @@ impl Store {
         }
     }
 
-    /// Changes a pod's record; a ready pod that becomes not ready is Stopped.
+    /// Changes a pod's record; a pod that stops being ready (stopped, or its monitor died)
+    /// is Stopped.
     pub(crate) fn update_sandbox(
         &self,
         entry: &Entry<SandboxRecord>,
         f: impl FnOnce(&mut SandboxRecord),
     ) {
         let _order = lock(&self.publishing);
+        let ready = |r: &SandboxRecord| {
+            super::sandbox::sandbox_state(r) == k8s_cri::v1::PodSandboxState::SandboxReady
+        };
         let (id, was, now) = {
             let mut guard = lock(&entry.data);
             let r = Arc::make_mut(&mut guard);
-            let was = r.state;
+            let was = ready(r);
             f(r);
-            (r.id.clone(), was, r.state)
+            (r.id.clone(), was, ready(r))
         };
-        if was == SandboxState::Ready && now == SandboxState::NotReady {
+        if was && !now {
             self.publish(EventKind::Stopped, &id, &id, true);
         }
     }
@@ -366,6 +370,7 @@ pub(crate) mod tests {
             start_error: None,
             stop_signal: None,
             cgroup_path: String::new(),
+            exit_message: None,
             state: Lifecycle::Created,
         }
     }
@@ -398,6 +403,7 @@ pub(crate) mod tests {
             monitor_socket: PathBuf::new(),
             network_attached: false,
             ips: vec![],
+            monitor_lost: false,
         }
     }
 

@@ -257,3 +257,59 @@ async fn exits_while_berthd_is_down_are_found_and_later_exits_are_seen() -> Resu
     env.remove_pod(&pod_id).await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_monitor_that_dies_stops_its_containers_with_a_reason() -> Result<()> {
+    let env = PodEnv::with_busybox().await?;
+    let pod = env.pod_config("orphaned");
+    let pod_id = env.run_pod(&pod).await?;
+    let c = env.sh_container("lonely", "echo before; exec sleep 3600");
+    let cid = env.run_container(&pod_id, &c, &pod).await?;
+    let ctr_pid = env.container_pid(&cid).await?;
+    let monitor_pid = e2e::pods::json_pid(&env.pod_info(&pod_id).await?, "monitorPid")
+        .expect("the pod's monitor pid");
+    let mut events = Events::open(&env.cri).await?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    // No CRI call until the events say what happened.
+    let got = events
+        .until(&pod_id, T::ContainerStoppedEvent, WAIT)
+        .await?;
+    let kinds = summary(&got);
+    assert!(
+        kinds.contains(&(cid.clone(), T::ContainerStoppedEvent)),
+        "the container is stopped before its pod: {kinds:?}"
+    );
+    let pod_event = got.last().expect("the pod's event");
+    assert_eq!(
+        pod_event.pod_sandbox_status.as_ref().map(|p| p.state),
+        Some(api::PodSandboxState::SandboxNotready as i32)
+    );
+    let st = pod_event
+        .containers_statuses
+        .iter()
+        .find(|s| s.id == cid)
+        .expect("the container's status");
+    assert_eq!(st.state, ContainerState::ContainerExited as i32);
+    assert_eq!(st.exit_code, 137);
+    assert!(
+        st.message.contains("monitor") && st.message.contains(&monitor_pid.to_string()),
+        "the message says the monitor died: {:?}",
+        st.message
+    );
+    assert!(
+        !e2e::pods::pid_alive(ctr_pid),
+        "nothing runs unsupervised: pid {ctr_pid} is gone"
+    );
+    let log = e2e::pods::read_cri_log(&PodEnv::log_file(&pod, &c))?;
+    assert!(
+        log.iter().any(|l| l.content == "before"),
+        "the log so far stays: {log:?}"
+    );
+    env.stop_pod(&pod_id).await?;
+    env.remove_pod(&pod_id).await?;
+    env.assert_pod_gone(&pod_id, "").await;
+    Ok(())
+}

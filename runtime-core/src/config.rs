@@ -389,8 +389,8 @@ default_handler = "runc"
 default_cgroup_parent = "/berth"
 
 # Before the OCI runtime moves a container's process into its cgroup (create, start,
-# exec), a berthd thread makes a move of its own that changes nothing (on cgroup v1 within
-# the cgroup above), so that the kernel's RCU grace period for the move (5-8 ms) has begun
+# exec), a berthd thread makes a move of its own that changes nothing (cgroup v1 only,
+# within the cgroup above), so that the kernel's RCU grace period for the move (5-8 ms) has begun
 # before the runtime needs it. false: the runtime waits for it.
 cgroup_warmup = true
 

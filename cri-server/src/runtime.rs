@@ -228,8 +228,7 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         &self,
         request: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
-        // berthd answers this call with the encoded bytes themselves (fastlists.rs); this
-        // is the same answer as a message, for the trait.
+        // The pod service keeps this answer encoded (see runtime-core's pods/lists.rs).
         let req = request.into_inner();
         decoded(&self.pods.list_pod_sandbox_encoded(req.filter.as_ref()))
     }
@@ -295,7 +294,7 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         &self,
         request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        // As list_pod_sandbox: served from the encoded bytes by fastlists.rs.
+        // As list_pod_sandbox: from the pod service's encoded answer.
         let req = request.into_inner();
         decoded(&self.pods.list_containers_encoded(req.filter.as_ref()))
     }

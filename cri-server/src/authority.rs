@@ -5,13 +5,16 @@
 //! server under tonic rejects such a request as malformed (RST_STREAM PROTOCOL_ERROR; see
 //! hyperium/h2 PR 487, still open), while containerd and CRI-O, built on grpc-go, accept it.
 //! So berth inspects the first header block of each connection: when its `:authority` is
-//! not a valid URI authority, every header block of that connection is decoded (HPACK,
-//! keeping the client's dynamic table) and re-encoded with `:authority: localhost`, the
-//! value grpc-go itself now uses for unix sockets. Otherwise the connection is passed
-//! through untouched from then on, at no cost.
+//! not a valid URI authority, every header block of that connection is decoded (HPACK, with
+//! the `loona-hpack` crate, keeping the client's dynamic table) and re-encoded with
+//! `:authority: localhost`, the value grpc-go itself now uses for unix sockets, by an
+//! encoder of the connection's own whose dynamic table the server's decoder follows.
+//! Otherwise the connection is passed through untouched from then on, at no cost.
 //!
 //! Only the client-to-server direction is rewritten; frames other than HEADERS and
-//! CONTINUATION are copied as they are.
+//! CONTINUATION are copied as they are. A block that does not decode, or decodes to more
+//! than [`MAX_DECODED_LIST`] bytes, ends the rewriting: from there on the connection is
+//! passed through and the server reports the error.
 
 use std::io;
 use std::pin::Pin;
@@ -32,6 +35,12 @@ const MAX_FRAME: usize = 16_384;
 /// Frames larger than this are not buffered: the connection is passed through and h2
 /// reports the error.
 const MAX_BUFFERED_FRAME: usize = 1 << 20;
+/// The most a rewritten header block may decode to (names, values and 32 bytes per field,
+/// as HPACK counts them), so that a small block of indexes cannot expand without bound.
+pub const MAX_DECODED_LIST: usize = 1 << 20;
+/// The default SETTINGS_HEADER_TABLE_SIZE (RFC 7540 6.5.2), which the server keeps: the
+/// largest dynamic table a client may ask for.
+const HEADER_TABLE_SIZE: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -55,7 +64,10 @@ pub struct AuthorityFix<S> {
     output: BytesMut,
     /// A HEADERS frame and its CONTINUATIONs while the block is incomplete.
     pending: Option<PendingBlock>,
-    decoder: crate::hpack::Decoder,
+    /// The client's header compression context.
+    decoder: loona_hpack::Decoder<'static>,
+    /// The context of the rewritten blocks, which the server's decoder shares.
+    encoder: loona_hpack::Encoder<'static>,
     eof: bool,
 }
 
@@ -71,16 +83,16 @@ struct PendingBlock {
 impl<S> AuthorityFix<S> {
     /// Wraps an accepted connection.
     pub fn new(inner: S) -> AuthorityFix<S> {
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(HEADER_TABLE_SIZE);
         AuthorityFix {
             inner,
             mode: Mode::Preface,
             input: BytesMut::new(),
             output: BytesMut::new(),
             pending: None,
-            decoder: crate::hpack::Decoder::new(
-                crate::hpack::DEFAULT_TABLE_SIZE,
-                MAX_BUFFERED_FRAME,
-            ),
+            decoder,
+            encoder: loona_hpack::Encoder::new(),
             eof: false,
         }
     }
@@ -189,13 +201,10 @@ impl<S> AuthorityFix<S> {
 
     fn finish_block(&mut self) {
         let Some(p) = self.pending.take() else { return };
-        let headers = match self.decoder.decode(&p.block) {
-            Ok(h) => h,
-            Err(_) => {
-                self.output.extend_from_slice(&p.raw);
-                self.mode = Mode::Passthrough;
-                return;
-            }
+        let Some(headers) = self.decode(&p.block) else {
+            self.output.extend_from_slice(&p.raw);
+            self.mode = Mode::Passthrough;
+            return;
         };
         if self.mode == Mode::Detect {
             let bad = headers
@@ -209,16 +218,29 @@ impl<S> AuthorityFix<S> {
             tracing::debug!("client sends a socket path as :authority; rewriting it to localhost");
             self.mode = Mode::Rewrite;
         }
-        let mut block = Vec::with_capacity(p.block.len() + 16);
-        for (name, value) in &headers {
+        let block = self.encoder.encode(headers.iter().map(|(name, value)| {
             let value: &[u8] = if name.as_slice() == b":authority" && !valid_authority(value) {
                 b"localhost"
             } else {
                 value
             };
-            crate::hpack::encode_literal(&mut block, name, value);
-        }
+            (name.as_slice(), value)
+        }));
         write_header_frames(&mut self.output, p.stream_id, p.end_stream, &block);
+    }
+
+    /// Decodes a complete header block; `None` when it is invalid or decodes to more than
+    /// [`MAX_DECODED_LIST`]. After that the decoder is out of step with the client.
+    fn decode(&mut self, block: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut fields = Vec::new();
+        let mut size = 0usize;
+        let decoded = self.decoder.decode_with_cb(block, |name, value| {
+            size = size.saturating_add(name.len() + value.len() + 32);
+            if size <= MAX_DECODED_LIST {
+                fields.push((name.into_owned(), value.into_owned()));
+            }
+        });
+        (decoded.is_ok() && size <= MAX_DECODED_LIST).then_some(fields)
     }
 }
 
@@ -280,6 +302,17 @@ fn put_frame_header(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream_
     out.put_u8(kind);
     out.put_u8(flags);
     out.put_u32(stream_id & 0x7fff_ffff);
+}
+
+/// tonic's server asks its connections who the peer is: the wrapped connection's answer.
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
+    for AuthorityFix<S>
+{
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for AuthorityFix<S> {
@@ -462,12 +495,17 @@ mod tests {
     /// grpc-go Huffman-codes literal values and indexes them: the rewrite decodes both.
     #[tokio::test]
     async fn rewrites_a_huffman_coded_indexed_authority() {
+        // The two values Huffman-coded (RFC 7541 Appendix B, padded with ones).
+        const PATH: [u8; 25] = [
+            0x62, 0xcb, 0x6a, 0x49, 0xa9, 0x2a, 0xfd, 0xc2, 0xbe, 0xdb, 0x6a, 0x49, 0xa9, 0x2e,
+            0xe2, 0xd9, 0xdc, 0xc4, 0x2b, 0x1c, 0x4b, 0x62, 0x0c, 0x7a, 0xbf,
+        ];
+        const SOCKET: [u8; 25] = [
+            0x63, 0xb8, 0xec, 0x62, 0xcb, 0x6a, 0x60, 0x87, 0xa9, 0x23, 0x35, 0x45, 0xb2, 0x46,
+            0x08, 0x7a, 0x92, 0x33, 0x54, 0x5b, 0x24, 0x5d, 0x07, 0x27, 0x5f,
+        ];
         let mut b1 = vec![0x83, 0x86]; // :method POST, :scheme http
-        for (name_index, value) in [
-            (4u8, &b"/runtime.v1.RuntimeService/Version"[..]),
-            (1, b"/var/run/containerd/containerd.sock"),
-        ] {
-            let coded = crate::hpack::huffman_encode(value);
+        for (name_index, coded) in [(4u8, PATH), (1, SOCKET)] {
             b1.push(0x40 | name_index);
             b1.push(0x80 | u8::try_from(coded.len()).unwrap());
             b1.extend(coded);
@@ -501,6 +539,34 @@ mod tests {
         input.extend(headers_frame(1, FLAG_END_HEADERS, &b1));
         input.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
         assert_eq!(run(input.clone()).await, input);
+    }
+
+    /// A small block of indexes that would decode to more than the bound ends the rewrite:
+    /// it and what follows go out as received.
+    #[tokio::test]
+    async fn a_block_decoding_past_the_bound_is_passed_through() {
+        let mut enc = loona_hpack::Encoder::new();
+        let big = vec![b'v'; 4000];
+        let h1: Vec<(&[u8], &[u8])> =
+            vec![(b":authority", b"/run/berth/berth.sock"), (b"x-big", &big)];
+        let b1 = enc.encode(h1.iter().copied());
+        // The second block names the big entry (dynamic index 62) 300 times: ~1.2 MB.
+        let b2 = vec![0x80 | 62; 300];
+        let mut input = PREFACE.to_vec();
+        input.extend(headers_frame(1, FLAG_END_HEADERS, &b1));
+        let raw2 = headers_frame(3, FLAG_END_HEADERS, &b2);
+        input.extend(&raw2);
+        let data = [0, 0, 1, 0, 1, 0, 0, 0, 3, 0xaa];
+        input.extend(data);
+        let out = run(input).await;
+        let mut tail = raw2.clone();
+        tail.extend(data);
+        assert!(out.ends_with(&tail));
+        // The first block was rewritten.
+        let first = &out[..out.len() - tail.len()];
+        let blocks = decode_blocks(first);
+        assert_eq!(blocks.len(), 1);
+        assert!(blocks[0].contains(&(b":authority".to_vec(), b"localhost".to_vec())));
     }
 
     #[tokio::test]

@@ -83,8 +83,8 @@ impl cri::image_service_server::ImageService for ImageApi {
     ) -> Result<Response<cri::ListImagesResponse>, Status> {
         let req = request.into_inner();
         let filter = req.filter.and_then(|f| f.image).map(|s| s.image);
-        // The store's lock may be held across an fsync by a pull finishing: never on the
-        // gRPC thread.
+        // The store's lock may be held across an fsync by a pull finishing: never on an
+        // async worker thread.
         let store = self.images.clone();
         let images = self
             .work

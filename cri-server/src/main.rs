@@ -2,13 +2,10 @@
 //! unix socket.
 
 mod authority;
-mod busypoll;
 mod events;
-mod hpack;
 mod image;
 mod metrics;
 mod runtime;
-mod serve;
 mod socket;
 mod status;
 mod streaming;
@@ -209,9 +206,7 @@ async fn run(
     };
 
     let socket_path = config.socket_path();
-    let listener = socket::bind(&socket_path)?
-        .into_std()
-        .context("take the CRI socket listener")?;
+    let listener = socket::bind(&socket_path)?;
     let config_json = serde_json::to_string(&config).unwrap_or_default();
     let work = work::Work::new(tokio::runtime::Handle::current());
     let streaming = streaming::start(
@@ -221,68 +216,46 @@ async fn run(
     )
     .await?;
     let runtime_api = runtime::RuntimeApi::new(config_json, pods.clone(), work.clone(), streaming);
+    let image_api = image::ImageApi::new(images, pods.clone(), Arc::clone(&metrics), work);
     let runtime_server = cri::runtime_service_server::RuntimeServiceServer::new(runtime_api)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let image_api = image::ImageApi::new(images, pods.clone(), Arc::clone(&metrics), work);
-    let busy_poll = Duration::from_micros(config.grpc_busy_poll_us);
-    let served_metrics = Arc::clone(&metrics);
-    let shutdown = wait_stop();
-    let serve = async move {
-        listener
-            .set_nonblocking(true)
-            .context("make the CRI socket non-blocking")?;
-        let listener =
-            tokio::net::UnixListener::from_std(listener).context("register the CRI socket")?;
-        let image_server = cri::image_service_server::ImageServiceServer::new(image_api)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let service = tower::Layer::layer(
-            &busypoll::BusyPollLayer::new(busy_poll),
-            tower::Layer::layer(
-                &metrics::MetricsLayer::new(served_metrics),
-                serve::Dispatch::new(runtime_server, image_server),
-            ),
-        );
-        serve::serve(listener, service, shutdown)
-            .await
-            .context("gRPC server failed")
-    };
-    // The gRPC server gets a current-thread runtime on a thread of its own: lookups are
-    // answered there without a hand-off between threads, and its busy polling keeps that
-    // one thread awake between the calls of a burst (see busypoll.rs).
-    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<()>>();
-    std::thread::Builder::new()
-        .name("berthd-grpc".into())
-        .spawn(move || {
-            let result = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("start the gRPC runtime")
-                .and_then(|rt| rt.block_on(serve));
-            let _ = done_tx.send(result);
-        })
-        .context("start the gRPC thread")?;
-    let server_exit = |r: Result<anyhow::Result<()>, _>| {
-        r.unwrap_or_else(|_| Err(anyhow::anyhow!("the gRPC thread ended without a result")))
-    };
+    let image_server = cri::image_service_server::ImageServiceServer::new(image_api)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    // When the stop signal comes, tonic stops accepting, asks every connection to finish its
+    // calls (GOAWAY) and returns once they have closed.
+    let mut server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(metrics::MetricsLayer::new(Arc::clone(&metrics)))
+            .add_service(runtime_server)
+            .add_service(image_server)
+            .serve_with_incoming_shutdown(accepted(listener), wait_stop()),
+    );
+    let server_exit =
+        |r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>| match r {
+            Ok(r) => r.context("gRPC server failed"),
+            Err(e) => Err(anyhow::anyhow!("the gRPC server task failed: {e}")),
+        };
 
     let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
     let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
     tracing::info!(socket = %socket_path.display(), root = %config.root.display(), state = %config.state.display(), "berthd serving CRI");
 
     let finished = tokio::select! {
-        r = &mut done_rx => Some(server_exit(r)),
+        r = &mut server => Some(server_exit(r)),
         _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
         _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
     };
     let _ = stop_tx.send(true);
     let result = match finished {
         Some(r) => r,
-        // Let in-flight RPCs finish; past the grace period they are cancelled.
-        None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut done_rx).await {
+        // Let in-flight RPCs finish; past the grace period they are cancelled (the
+        // connections' tasks are dropped with the runtime, see main).
+        None => match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
             Ok(r) => server_exit(r),
             Err(_) => {
+                server.abort();
                 tracing::warn!("in-flight requests cancelled after {SHUTDOWN_GRACE:?}");
                 Ok(())
             }
@@ -299,4 +272,28 @@ async fn run(
     }
     tracing::info!("berthd stopped");
     result
+}
+
+/// The connections accepted on the CRI socket, each with the `:authority` fix of old
+/// clients (see `authority`). An accept that fails (out of file descriptors and the like)
+/// is logged and retried after a pause; the listener stays usable, and the stream never
+/// yields an error.
+fn accepted(
+    listener: tokio::net::UnixListener,
+) -> impl futures_util::Stream<Item = std::io::Result<authority::AuthorityFix<tokio::net::UnixStream>>>
++ Send
++ 'static {
+    futures_util::stream::unfold(listener, |listener| async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    return Some((Ok(authority::AuthorityFix::new(stream)), listener));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a CRI connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    })
 }

@@ -250,13 +250,15 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let method = method_label(req.uri().path()).to_string();
-        let metrics = Arc::clone(&self.metrics);
-        let start = Instant::now();
+        let mut call = Call {
+            method: method_label(req.uri().path()).to_string(),
+            metrics: Arc::clone(&self.metrics),
+            start: Instant::now(),
+            done: false,
+        };
         let fut = self.inner.call(req);
         Box::pin(async move {
             let res = fut.await;
-            let elapsed = start.elapsed().as_secs_f64();
             // Errors travel as trailers-only responses, so a failed unary call carries its
             // grpc-status in the headers; a success carries it in trailers (OK).
             let code = match &res {
@@ -268,13 +270,40 @@ where
                     .map(tonic::Code::from_i32),
                 Err(_) => Some(tonic::Code::Unknown),
             };
-            metrics.record_call(&method, code, elapsed);
-            match code.filter(|c| *c != tonic::Code::Ok) {
-                Some(c) => tracing::debug!(method, code = ?c, seconds = elapsed, "CRI call failed"),
-                None => tracing::trace!(method, seconds = elapsed, "CRI call"),
-            }
+            call.finish(code);
             res
         })
+    }
+}
+
+/// One call being answered. A call whose answer is never made (its deadline, set by the
+/// client's `grpc-timeout`, passed, or the client reset the stream) is recorded as
+/// CANCELLED when its future is dropped.
+struct Call {
+    method: String,
+    metrics: Arc<Metrics>,
+    start: Instant,
+    done: bool,
+}
+
+impl Call {
+    fn finish(&mut self, code: Option<tonic::Code>) {
+        self.done = true;
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let method = self.method.as_str();
+        self.metrics.record_call(method, code, elapsed);
+        match code.filter(|c| *c != tonic::Code::Ok) {
+            Some(c) => tracing::debug!(method, code = ?c, seconds = elapsed, "CRI call failed"),
+            None => tracing::trace!(method, seconds = elapsed, "CRI call"),
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(Some(tonic::Code::Cancelled));
+        }
     }
 }
 
@@ -327,6 +356,36 @@ mod tests {
         );
         assert_eq!(method_label("/evil/x"), "unknown");
         assert_eq!(method_label("/runtime.v1.ImageService/a{b}"), "unknown");
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_unanswered_counts_as_cancelled() {
+        use tower::{Layer, Service};
+        let metrics = Arc::new(Metrics::new());
+        let mut svc = MetricsLayer::new(Arc::clone(&metrics)).layer(tower::service_fn(
+            |_req: http::Request<()>| async {
+                std::future::pending::<Result<http::Response<()>, std::convert::Infallible>>().await
+            },
+        ));
+        let req = http::Request::builder()
+            .uri("/runtime.v1.RuntimeService/Version")
+            .body(())
+            .unwrap();
+        let fut = svc.call(req);
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(10), fut)
+                .await
+                .is_err()
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains("berth_cri_requests_total{method=\"Version\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("berth_cri_errors_total{method=\"Version\",code=\"Cancelled\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

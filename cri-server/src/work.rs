@@ -1,7 +1,9 @@
-//! Where RPCs do their work. The gRPC server runs on a current-thread runtime of its own
-//! (see `busypoll`), which answers lookups (lists, status calls) itself; anything that
-//! takes longer (lifecycle operations, pulls, exec, stats read from cgroup files) runs on
-//! the multi-thread work runtime, so that it neither blocks nor delays the gRPC thread.
+//! Where RPCs do their work. tonic serves each connection on a task of berthd's
+//! multi-thread runtime, and the handlers answer lookups held in memory (lists, status
+//! calls) on that task. Operations that change state (lifecycle operations, pulls) run on
+//! a task of their own, so that a client giving up cannot cut them short, and blocking work
+//! (stats read from cgroup files, the image store's lock) runs on the runtime's blocking
+//! threads, so that it never holds up the async worker threads.
 
 use std::future::Future;
 
@@ -9,7 +11,7 @@ use tonic::Status;
 
 use crate::status::IntoStatus;
 
-/// A handle on the work runtime.
+/// A handle on the runtime the work runs on.
 #[derive(Clone)]
 pub struct Work {
     handle: tokio::runtime::Handle,

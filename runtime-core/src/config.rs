@@ -15,12 +15,6 @@ pub const DEFAULT_ROOT: &str = "/var/lib/berth";
 /// Default runtime state directory.
 pub const DEFAULT_STATE: &str = "/run/berth";
 
-/// Default of `grpc_busy_poll_us`: covers the gap between kubelet's back-to-back calls.
-pub const DEFAULT_GRPC_BUSY_POLL_US: u64 = 200;
-
-/// Upper bound of `grpc_busy_poll_us` (10 ms): beyond it the daemon would burn a core.
-pub const MAX_GRPC_BUSY_POLL_US: u64 = 10_000;
-
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -37,9 +31,6 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `HOST:PORT` to serve Prometheus metrics on (`/metrics`); off when unset.
     pub metrics_address: Option<String>,
-    /// Microseconds the gRPC thread keeps polling the socket after answering a call before
-    /// it sleeps; 0 turns busy polling off.
-    pub grpc_busy_poll_us: u64,
     /// Image settings.
     pub image: ImageConfig,
     /// Container runtime settings.
@@ -227,7 +218,6 @@ impl Default for Config {
             log_level: "info".to_string(),
             log_format: LogFormat::Text,
             metrics_address: None,
-            grpc_busy_poll_us: DEFAULT_GRPC_BUSY_POLL_US,
             image: ImageConfig::default(),
             runtime: RuntimeConfig::default(),
             cni: CniConfig::default(),
@@ -305,12 +295,6 @@ impl Config {
         if self.image.max_concurrent_downloads == 0 {
             return bad("image.max_concurrent_downloads must be at least 1".to_string());
         }
-        if self.grpc_busy_poll_us > MAX_GRPC_BUSY_POLL_US {
-            return bad(format!(
-                "grpc_busy_poll_us {} is above the limit of {MAX_GRPC_BUSY_POLL_US}",
-                self.grpc_busy_poll_us
-            ));
-        }
         let streaming = &self.streaming;
         if streaming.address.parse::<std::net::SocketAddr>().is_err() {
             return bad(format!(
@@ -357,12 +341,6 @@ log_format = "text"
 
 # HOST:PORT serving Prometheus metrics at /metrics. Off when unset.
 # metrics_address = "127.0.0.1:9090"
-
-# After answering a call, berthd's gRPC thread keeps polling the socket this many
-# microseconds before it sleeps, so that the next call of a burst (kubelet's relist:
-# ListPodSandbox, ListContainers, a status per changed pod) is served without a wake-up.
-# Costs at most this much CPU per burst; 0 turns it off.
-grpc_busy_poll_us = {busy}
 
 [image]
 # containers-registries.conf(5) version 2 file: [[registry]] prefix / location / insecure /
@@ -428,7 +406,6 @@ idle_timeout = "{idle}"
             root = d.root.display(),
             state = d.state.display(),
             level = d.log_level,
-            busy = d.grpc_busy_poll_us,
             mcd = d.image.max_concurrent_downloads,
             ct = d.image.connect_timeout_secs,
             rt = d.image.read_timeout_secs,

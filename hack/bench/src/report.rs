@@ -514,13 +514,14 @@ const BOUNDS: &str = "\
   the client's decoding alone is 50 µs), which the client pays for both runtimes. berthd
   keeps the unfiltered answers whole while nothing changes (a copy per call) and each
   container's status fields that only a record update changes, learns container exits
-  by inotify, and keeps its gRPC thread polling for 200 µs after each
-  answer, so the later calls of a burst skip the wake-up (ListPodSandbox and
-  ContainerStatus here, which follow ListContainers). ListContainers is the first call of
-  each round and pays the wake-ups: it is the figure closest to its target and crosses it
-  from run to run here (0.47 to 0.55 over a dozen full runs on 22 and 23 November 2026,
-  met in about two of three: berth 0.33-0.44 ms, containerd 0.64-0.79 ms), moving with
-  the machine's wake-up latency as much as with either runtime.
+  by inotify. berthd serves the socket with tonic's own server on its multi-thread
+  runtime and does not busy-poll between calls (issue 12), so every call of a burst may
+  pay a wake-up. ListContainers is the first call of each round: before issue 12 (busy
+  polling for 200 µs after each answer, HTTP/2 served by hyper directly) it was the
+  figure closest to its target and crossed it from run to run (0.47 to 0.55 over a dozen
+  full runs on 22 and 23 November 2026, met in about two of three: berth 0.33-0.44 ms,
+  containerd 0.64-0.79 ms), moving with the machine's wake-up latency as much as with
+  either runtime.
 ";
 
 /// How the figures are made (docs/benchmarks.md).

@@ -1,6 +1,6 @@
 //! The CRI RuntimeService: each RPC maps onto one `runtime_core::pods::PodService` call.
 //! Exec, Attach and PortForward check the request and answer a URL on the streaming
-//! server. Events and checkpoints are not implemented yet and answer Unimplemented.
+//! server. CheckpointContainer is not implemented yet and answers Unimplemented.
 
 use std::collections::HashMap;
 

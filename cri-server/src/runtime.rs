@@ -1,7 +1,6 @@
 //! The CRI RuntimeService: each RPC maps onto one `runtime_core::pods::PodService` call.
 //! Exec, Attach and PortForward check the request and answer a URL on the streaming
-//! server. Events, the metrics RPCs and checkpoints are not implemented yet and answer
-//! Unimplemented.
+//! server. CheckpointContainer is not implemented yet and answers Unimplemented.
 
 use std::collections::HashMap;
 
@@ -479,14 +478,22 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         &self,
         _request: Request<cri::ListMetricDescriptorsRequest>,
     ) -> Result<Response<cri::ListMetricDescriptorsResponse>, Status> {
-        Err(unimplemented("ListMetricDescriptors"))
+        let descriptors = runtime_core::pods::metrics::metric_descriptors();
+        Ok(Response::new(cri::ListMetricDescriptorsResponse {
+            descriptors,
+        }))
     }
 
     async fn list_pod_sandbox_metrics(
         &self,
         _request: Request<cri::ListPodSandboxMetricsRequest>,
     ) -> Result<Response<cri::ListPodSandboxMetricsResponse>, Status> {
-        Err(unimplemented("ListPodSandboxMetrics"))
+        let pod_metrics = self
+            .blocking(|pods| Ok(pods.list_pod_sandbox_metrics()))
+            .await?;
+        Ok(Response::new(cri::ListPodSandboxMetricsResponse {
+            pod_metrics,
+        }))
     }
 
     type GetContainerEventsStream = crate::events::EventStream;

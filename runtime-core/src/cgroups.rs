@@ -8,6 +8,9 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::{Error, Result};
 
+mod detail;
+pub use detail::{CgroupDetail, IoDevice};
+
 /// The cgroup filesystem layout of the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {

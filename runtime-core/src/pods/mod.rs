@@ -6,6 +6,7 @@ pub mod container;
 mod events;
 mod exitwatch;
 mod lists;
+pub mod metrics;
 mod portforward;
 pub mod records;
 pub mod sandbox;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1 as cri;
 
-use super::records::ContainerRecord;
+use super::records::{ContainerRecord, SandboxRecord};
 use super::{PodService, labels_match, now_ns};
 use crate::Result;
 use crate::cgroups::CgroupStats;
@@ -70,7 +70,9 @@ impl PodService {
         })
     }
 
-    fn layer_usage(&self, rec: &ContainerRecord) -> (u64, u64) {
+    /// Disk bytes and inodes of the container's writable layer, measured at most every
+    /// [`LAYER_USAGE_TTL`].
+    pub(super) fn layer_usage(&self, rec: &ContainerRecord) -> (u64, u64) {
         let mut cache = self
             .inner
             .stats
@@ -163,18 +165,8 @@ impl PodService {
             .iter()
             .map(|e| e.get())
             .collect();
-        // A process inside the pod's network namespace shows its interfaces in
-        // /proc/PID/net/dev without entering the namespace.
-        let ns_pid = containers
-            .iter()
-            .filter(|c| c.pid > 0 && super::sandbox::process_alive(c.pid))
-            .map(|c| c.pid)
-            .next()
-            .or(rec.pause_pid);
-        let network = match (&rec.namespaces.network, ns_pid) {
-            (Some(_), Some(pid)) => network_usage(&format!("/proc/{pid}/net/dev"), ts),
-            _ => None,
-        };
+        let network =
+            netns_pid(&rec, &containers).and_then(|pid| network_usage(&net_dev_path(pid), ts));
         Ok(cri::PodSandboxStats {
             attributes: Some(cri::PodSandboxAttributes {
                 id: rec.id.clone(),
@@ -222,8 +214,49 @@ impl PodService {
     }
 }
 
-/// Interface counters from a /proc/net/dev file; `eth0` is the default interface.
-fn network_usage(path: &str, ts: i64) -> Option<cri::NetworkUsage> {
+/// A process of the pod whose /proc/PID/net/dev shows the pod's network namespace (no
+/// need to enter it): a live container process, else the infra process. None for pods on
+/// the host's network.
+pub(super) fn netns_pid(rec: &SandboxRecord, containers: &[ContainerRecord]) -> Option<i32> {
+    rec.namespaces.network.as_ref()?;
+    containers
+        .iter()
+        .filter(|c| c.pid > 0 && super::sandbox::process_alive(c.pid))
+        .map(|c| c.pid)
+        .next()
+        .or(rec.pause_pid)
+}
+
+/// The /proc/net/dev file of process `pid`.
+pub(super) fn net_dev_path(pid: i32) -> String {
+    format!("/proc/{pid}/net/dev")
+}
+
+/// The counters of one interface in /proc/net/dev.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct NetDev {
+    /// Interface name.
+    pub name: String,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Receive errors.
+    pub rx_errors: u64,
+    /// Received packets dropped.
+    pub rx_dropped: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Transmit errors.
+    pub tx_errors: u64,
+    /// Packets dropped while sending.
+    pub tx_dropped: u64,
+}
+
+/// The interfaces of a /proc/net/dev file but `lo`.
+pub(super) fn read_net_dev(path: &str) -> Option<Vec<NetDev>> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut ifaces = vec![];
     for line in text.lines().skip(2) {
@@ -241,14 +274,33 @@ fn network_usage(path: &str, ts: i64) -> Option<cri::NetworkUsage> {
         if f.len() < 16 {
             continue;
         }
-        ifaces.push(cri::NetworkInterfaceUsage {
+        ifaces.push(NetDev {
             name: name.to_string(),
-            rx_bytes: u64v(Some(f[0])),
-            rx_errors: u64v(Some(f[2])),
-            tx_bytes: u64v(Some(f[8])),
-            tx_errors: u64v(Some(f[10])),
+            rx_bytes: f[0],
+            rx_packets: f[1],
+            rx_errors: f[2],
+            rx_dropped: f[3],
+            tx_bytes: f[8],
+            tx_packets: f[9],
+            tx_errors: f[10],
+            tx_dropped: f[11],
         });
     }
+    Some(ifaces)
+}
+
+/// Interface counters from a /proc/net/dev file; `eth0` is the default interface.
+fn network_usage(path: &str, ts: i64) -> Option<cri::NetworkUsage> {
+    let ifaces: Vec<cri::NetworkInterfaceUsage> = read_net_dev(path)?
+        .into_iter()
+        .map(|d| cri::NetworkInterfaceUsage {
+            name: d.name,
+            rx_bytes: u64v(Some(d.rx_bytes)),
+            rx_errors: u64v(Some(d.rx_errors)),
+            tx_bytes: u64v(Some(d.tx_bytes)),
+            tx_errors: u64v(Some(d.tx_errors)),
+        })
+        .collect();
     let default = ifaces.iter().find(|i| i.name == "eth0").cloned();
     Some(cri::NetworkUsage {
         timestamp: ts,
@@ -308,6 +360,11 @@ mod tests {
         let e = n.default_interface.unwrap();
         assert_eq!(e.rx_bytes.unwrap().value, 2000);
         assert_eq!(e.tx_errors.unwrap().value, 2);
+        let d = read_net_dev(p.to_str().unwrap()).unwrap();
+        assert_eq!(
+            (d[0].rx_packets, d[0].tx_packets, d[0].rx_dropped),
+            (20, 30, 0)
+        );
     }
 
     #[test]

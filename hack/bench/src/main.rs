@@ -19,6 +19,7 @@ mod cni;
 mod containerd;
 mod daemon;
 mod floor;
+mod idle;
 mod images;
 mod memory;
 mod plan;

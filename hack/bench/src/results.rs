@@ -200,19 +200,19 @@ impl Results {
                 "list.containers",
                 format!("ListContainers ({pods} pods)"),
                 false,
-                Target::median(0.5),
+                Target::median(1.0),
             ),
             op(
                 "list.pods",
                 format!("ListPodSandbox ({pods} pods)"),
                 false,
-                Target::median(0.5),
+                Target::median(1.0),
             ),
             op(
                 "status.container",
                 format!("ContainerStatus ({pods} pods)"),
                 false,
-                Target::median(0.5),
+                Target::median(1.0),
             ),
             op(
                 "list.stats",

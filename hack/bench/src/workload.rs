@@ -107,6 +107,17 @@ pub async fn run_all(
         results.memory.push(top);
     }
 
+    let idle = match plan.mode {
+        crate::plan::Mode::Smoke => Duration::from_secs(1),
+        crate::plan::Mode::Quick => Duration::from_secs(5),
+        crate::plan::Mode::Full => Duration::from_secs(20),
+    };
+    eprintln!(
+        "berth-bench: (8) idle CPU with {} pods over {idle:?}",
+        plan.running_pods
+    );
+    crate::idle::measure(rts, &running, idle, results).await?;
+
     eprintln!(
         "berth-bench: tearing down {} pods per runtime",
         plan.running_pods
@@ -526,7 +537,7 @@ async fn sample_memory(rts: &[Runtime; 2], pods: &[Vec<Pod>; 2]) -> Result<MemLe
 }
 
 /// berth's `monitorPid` from a verbose PodSandboxStatus (absent for containerd).
-fn monitor_pid(info: &std::collections::HashMap<String, String>) -> Option<i32> {
+pub(crate) fn monitor_pid(info: &std::collections::HashMap<String, String>) -> Option<i32> {
     let v: serde_json::Value = serde_json::from_str(info.get("info")?).ok()?;
     v.get("monitorPid")?
         .as_i64()

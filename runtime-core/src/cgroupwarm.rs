@@ -167,10 +167,7 @@ mod tests {
         let parent = format!("/berth-test-cgwarm-{}", std::process::id());
         let created = layout.create(&parent).expect("create test cgroup");
         let target = warm_target(&layout, &parent).expect("a target on this host");
-        let (dir, file) = (
-            target.parent().expect("dir").to_path_buf(),
-            target.clone(),
-        );
+        let (dir, file) = (target.parent().expect("dir").to_path_buf(), target.clone());
         let seen = std::thread::spawn(move || {
             move_thread(&target).expect("move");
             move_thread(&target).expect("no-op move");

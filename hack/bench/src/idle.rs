@@ -54,7 +54,10 @@ pub async fn measure(
     window: Duration,
     results: &mut Results,
 ) -> Result<()> {
-    let sets = [pids(&rts[0], &pods[0]).await?, pids(&rts[1], &pods[1]).await?];
+    let sets = [
+        pids(&rts[0], &pods[0]).await?,
+        pids(&rts[1], &pods[1]).await?,
+    ];
     let total = |set: &[i32]| set.iter().filter_map(|p| cpu_seconds(*p)).sum::<f64>();
     let before = [total(&sets[0]), total(&sets[1])];
     let start = Instant::now();

@@ -530,12 +530,7 @@ fn exit_handler(weak: Weak<Inner>) -> exitwatch::Handler {
         match seen {
             exitwatch::Seen::Exit(id) => svc.exit_seen(&id),
             exitwatch::Seen::Lost => svc.sweep_exits(),
-            exitwatch::Seen::MonitorDied(pod, pid) => {
-                // Off the watcher thread: the kills wait for the processes to be gone.
-                let _ = std::thread::Builder::new()
-                    .name("berthd-monitor-lost".into())
-                    .spawn(move || svc.monitor_died(&pod, pid));
-            }
+            exitwatch::Seen::MonitorDied(pod, pid) => svc.spawn_monitor_died(pod, pid),
         }
         true
     })

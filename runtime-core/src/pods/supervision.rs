@@ -106,12 +106,19 @@ impl PodService {
             return;
         }
         if !(process_alive(pid) && is_monitor(pid)) {
-            let svc = self.clone();
-            let pod = pod_id.to_string();
-            // Off the caller's thread: the kills wait for the processes to be gone.
-            let _ = std::thread::Builder::new()
-                .name("berthd-monitor-lost".into())
-                .spawn(move || svc.monitor_died(&pod, pid));
+            self.spawn_monitor_died(pod_id.to_string(), pid);
+        }
+    }
+
+    /// [`Self::monitor_died`] on a thread of its own: the kills wait for the processes to
+    /// be gone, which must not hold up the caller (the exit watcher, recovery).
+    pub(crate) fn spawn_monitor_died(&self, pod_id: String, pid: i32) {
+        let svc = self.clone();
+        if let Err(e) = std::thread::Builder::new()
+            .name("berthd-monitor-lost".into())
+            .spawn(move || svc.monitor_died(&pod_id, pid))
+        {
+            tracing::error!(pid, error = %e, "cannot start the thread that handles a dead monitor");
         }
     }
 }

@@ -381,6 +381,26 @@ pub fn cgroup_dirs_existing(cgroup_path: &str) -> Vec<PathBuf> {
 
 /// Whether the host's memory cgroup v1 hierarchy is there (the cgroup assertions of the
 /// tests need it; they print why and skip that check otherwise).
+/// Whether this machine reports OOM kills of a memory cgroup (the v1 `oom_kill` counter,
+/// kernel >= 4.13, or v2's `memory.events`), which is what a runtime reads to say
+/// OOMKilled; prints why not.
+pub fn oom_kills_reported() -> bool {
+    if has_memory_cgroup_v1() {
+        let oc =
+            std::fs::read_to_string("/sys/fs/cgroup/memory/memory.oom_control").unwrap_or_default();
+        if !oc.contains("oom_kill ") {
+            println!("SKIP: memory.oom_control has no oom_kill counter here: {oc:?}");
+            return false;
+        }
+        true
+    } else if !Path::new("/sys/fs/cgroup/memory.events").exists() {
+        println!("SKIP: no memory cgroup controller here");
+        false
+    } else {
+        true
+    }
+}
+
 pub fn has_memory_cgroup_v1() -> bool {
     cgroup_v1_root("memory").is_some()
 }

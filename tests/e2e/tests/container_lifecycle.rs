@@ -1049,17 +1049,7 @@ async fn stop_pod_stops_its_containers_and_remove_pod_removes_them() -> Result<(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn oom_killed_container() -> Result<()> {
-    if has_memory_cgroup_v1() {
-        // The v1 OOM kill counter (kernel >= 4.13) is what a runtime reads to report
-        // OOMKilled; without it there is nothing to report from.
-        let oc =
-            std::fs::read_to_string("/sys/fs/cgroup/memory/memory.oom_control").unwrap_or_default();
-        if !oc.contains("oom_kill ") {
-            println!("SKIP: memory.oom_control has no oom_kill counter here: {oc:?}");
-            return Ok(());
-        }
-    } else if !Path::new("/sys/fs/cgroup/memory.events").exists() {
-        println!("SKIP: no memory cgroup controller here");
+    if !e2e::pods::oom_kills_reported() {
         return Ok(());
     }
     let env = PodEnv::with_busybox().await?;

@@ -3,14 +3,13 @@
 //! reason, exit code, counter), a subscriber that stops reading, and exits across a berthd
 //! restart.
 
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use e2e::cri_api::{self as api, ContainerEventType as T, ContainerState, LinuxContainerResources};
 use e2e::events::{Events, summary};
 use e2e::metrics;
-use e2e::pods::{PodEnv, has_memory_cgroup_v1, vm_rss_kib};
+use e2e::pods::{PodEnv, oom_kills_reported, vm_rss_kib};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -93,24 +92,6 @@ async fn a_container_that_exits_by_itself_is_stopped_within_100ms() -> Result<()
     env.stop_pod(&pod_id).await?;
     env.remove_pod(&pod_id).await?;
     Ok(())
-}
-
-/// Whether this machine reports OOM kills of a memory cgroup (prints why not).
-fn oom_kills_reported() -> bool {
-    if has_memory_cgroup_v1() {
-        let oc =
-            std::fs::read_to_string("/sys/fs/cgroup/memory/memory.oom_control").unwrap_or_default();
-        if !oc.contains("oom_kill ") {
-            println!("SKIP: memory.oom_control has no oom_kill counter here: {oc:?}");
-            return false;
-        }
-        true
-    } else if !Path::new("/sys/fs/cgroup/memory.events").exists() {
-        println!("SKIP: no memory cgroup controller here");
-        false
-    } else {
-        true
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -44,6 +44,7 @@ pub struct Metrics {
     containers: Family<StateLabels, Gauge>,
     pods: Family<StateLabels, Gauge>,
     oom_kills: Counter,
+    monitor_deaths: Counter,
     /// Where the state gauges and the OOM count are read at each scrape.
     source: std::sync::OnceLock<runtime_core::pods::PodService>,
 }
@@ -96,6 +97,7 @@ impl Metrics {
         let containers = Family::<StateLabels, Gauge>::default();
         let pods = Family::<StateLabels, Gauge>::default();
         let oom_kills = Counter::default();
+        let monitor_deaths = Counter::default();
         registry.register(
             "berth_containers",
             "Containers by state (created, running, exited)",
@@ -111,6 +113,11 @@ impl Metrics {
             "Containers this berthd saw killed by the OOM killer",
             oom_kills.clone(),
         );
+        registry.register(
+            "berth_monitor_deaths",
+            "Pod monitors that died while their pod was ready (berth does not restart them: the pod is reported not ready and kubelet replaces it)",
+            monitor_deaths.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -121,6 +128,7 @@ impl Metrics {
             containers,
             pods,
             oom_kills,
+            monitor_deaths,
             source: std::sync::OnceLock::new(),
         }
     }
@@ -147,10 +155,14 @@ impl Metrics {
         set(&self.containers, "exited", n.containers_exited);
         set(&self.pods, "ready", n.pods_ready);
         set(&self.pods, "notready", n.pods_not_ready);
-        let seen = self.oom_kills.get();
-        let total = pods.oom_kills();
-        if total > seen {
-            self.oom_kills.inc_by(total - seen);
+        for (counter, total) in [
+            (&self.oom_kills, pods.oom_kills()),
+            (&self.monitor_deaths, pods.monitor_deaths()),
+        ] {
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
         }
     }
 

@@ -142,6 +142,8 @@ pub(crate) struct Inner {
     pub(crate) exit_watch: exitwatch::ExitWatch,
     /// Containers this berthd saw killed by the OOM killer.
     pub(crate) oom_kills: std::sync::atomic::AtomicU64,
+    /// Pod monitors this berthd saw die while their pod was ready.
+    pub(crate) monitor_deaths: std::sync::atomic::AtomicU64,
     /// Deferred fsyncs of records whose loss in a machine crash is harmless.
     pub(crate) sync: crate::fsutil::SyncQueue,
     /// Starts the kernel's grace period of a cgroup move before the OCI runtime's move.
@@ -211,6 +213,7 @@ impl PodService {
             cgroups,
             store: store::Store::default(),
             oom_kills: std::sync::atomic::AtomicU64::new(0),
+            monitor_deaths: std::sync::atomic::AtomicU64::new(0),
             names: Mutex::new(HashSet::new()),
             min_oom_score_adj: if has_cap_sys_resource() {
                 -1000
@@ -411,6 +414,14 @@ impl PodService {
     pub fn oom_kills(&self) -> u64 {
         self.inner
             .oom_kills
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Pod monitors this berthd has seen die while their pod was ready (berth does not
+    /// restart a monitor: kubelet replaces the pod).
+    pub fn monitor_deaths(&self) -> u64 {
+        self.inner
+            .monitor_deaths
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 

@@ -30,6 +30,9 @@ impl PodService {
         if pod.monitor_pid != Some(pid) || pod.state != SandboxState::Ready || pod.monitor_lost {
             return;
         }
+        self.inner
+            .monitor_deaths
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::error!(pod = %pod.id, pid, "the pod's monitor died; killing its containers, which nothing supervises any more");
         let message =
             format!("the pod's monitor (pid {pid}) died; berth killed the container's processes");

@@ -241,7 +241,7 @@ async fn exits_while_berthd_is_down_are_found_and_later_exits_are_seen() -> Resu
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_monitor_that_dies_stops_its_containers_with_a_reason() -> Result<()> {
-    let env = PodEnv::with_busybox().await?;
+    let env = PodEnv::with_busybox_options(|o| o.metrics()).await?;
     let pod = env.pod_config("orphaned");
     let pod_id = env.run_pod(&pod).await?;
     let c = env.sh_container("lonely", "echo before; exec sleep 3600");
@@ -283,6 +283,12 @@ async fn a_monitor_that_dies_stops_its_containers_with_a_reason() -> Result<()> 
     assert!(
         !e2e::pods::pid_alive(ctr_pid),
         "nothing runs unsupervised: pid {ctr_pid} is gone"
+    );
+    let text = env.berthd.metrics().await?;
+    assert_eq!(
+        metrics::sum(&metrics::parse(&text), "berth_monitor_deaths_total", &[]),
+        1.0,
+        "the death is counted:\n{text}"
     );
     let log = e2e::pods::read_cri_log(&PodEnv::log_file(&pod, &c))?;
     assert!(

@@ -298,10 +298,15 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::ContainerStatusRequest>,
     ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
         let req = request.into_inner();
-        let answer = self
-            .pods
-            .container_status(&req.container_id, req.verbose)
-            .status()?;
+        let answer = if req.verbose {
+            // A verbose answer reads the container's OCI spec from its bundle.
+            self.blocking(move |pods| pods.container_status(&req.container_id, true))
+                .await?
+        } else {
+            self.pods
+                .container_status(&req.container_id, false)
+                .status()?
+        };
         Ok(Response::new(answer))
     }
 

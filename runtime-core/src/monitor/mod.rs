@@ -15,7 +15,7 @@ pub use client::MonitorClient;
 pub use error::MonitorError;
 pub use protocol::{
     ContainerState, CreateRequest, CreateResponse, ExecRequest, ExitInfo, Reply, Request,
-    read_exit_file,
+    read_exit_file, write_exit_file,
 };
 pub use session::{SessionOutput, SessionReader, SessionWriter, StdioSession};
 pub use spawn::{MonitorInfo, spawn, spawn_pause_in_new_pidns};

@@ -815,6 +815,71 @@ pub(crate) fn status_of(rec: &ContainerRecord) -> cri::ContainerStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pods::store::tests::container;
+
+    #[test]
+    fn recovered_states_come_from_the_record_and_the_exit_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = container("c", "p", 10);
+        c.dir = dir.path().to_path_buf();
+        assert_eq!(state_on_disk(&c), Lifecycle::Created);
+        c.started_at_ns = 20;
+        assert_eq!(state_on_disk(&c), Lifecycle::Running);
+        let exit = ExitInfo {
+            exit_code: 2,
+            signal: None,
+            finished_at_ns: 30,
+            oom_killed: false,
+        };
+        monitor::write_exit_file(&c.exit_file(), &exit).unwrap();
+        assert_eq!(state_on_disk(&c), Lifecycle::Exited(exit));
+        // Recorded as created but exited: a crash between the runtime's start and the
+        // start record.
+        c.started_at_ns = 0;
+        assert_eq!(state_on_disk(&c), Lifecycle::Exited(exit));
+        c.start_error = Some("runc: boom".into());
+        c.started_at_ns = 40;
+        assert_eq!(
+            state_on_disk(&c),
+            Lifecycle::Exited(ExitInfo {
+                exit_code: START_FAILURE_EXIT_CODE,
+                signal: None,
+                finished_at_ns: 40,
+                oom_killed: false,
+            })
+        );
+    }
+
+    #[test]
+    fn statuses_say_why_a_container_exited() {
+        let mut c = container("c", "p", 10);
+        c.started_at_ns = 50;
+        let exit = |code, oom| {
+            Lifecycle::Exited(ExitInfo {
+                exit_code: code,
+                signal: None,
+                finished_at_ns: 40,
+                oom_killed: oom,
+            })
+        };
+        c.state = exit(0, false);
+        let st = status_of(&c);
+        assert_eq!((st.reason.as_str(), st.exit_code), ("Completed", 0));
+        assert_eq!(st.started_at, 40, "a start is never after the exit");
+        c.state = exit(137, true);
+        assert_eq!(status_of(&c).reason, "OOMKilled");
+        c.state = exit(137, false);
+        c.exit_message = Some("the pod's monitor (pid 7) died".into());
+        let st = status_of(&c);
+        assert_eq!(
+            (st.reason.as_str(), st.message.as_str()),
+            ("Error", "the pod's monitor (pid 7) died")
+        );
+        c.state = Lifecycle::Running;
+        let st = status_of(&c);
+        assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
+        assert_eq!((st.finished_at, st.reason.as_str()), (0, ""));
+    }
 
     #[test]
     fn signals_parse() {

@@ -514,6 +514,42 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn recovered_records_publish_what_they_went_through() {
+        let store = Store::default();
+        let mut rx = store.subscribe();
+        store.add_sandbox(sandbox("p", SandboxState::NotReady));
+        let mut c = container("c", "p", 1);
+        c.state = Lifecycle::Exited(exit(0));
+        store.add_container(c);
+        let mut r = container("r", "p", 2);
+        r.state = Lifecycle::Running;
+        store.add_container(r);
+        let want: Vec<(EventKind, String)> = [
+            (EventKind::Created, "p"),
+            (EventKind::Created, "c"),
+            (EventKind::Stopped, "c"),
+            (EventKind::Created, "r"),
+            (EventKind::Started, "r"),
+        ]
+        .into_iter()
+        .map(|(k, id)| (k, id.to_string()))
+        .collect();
+        assert_eq!(drain(&mut rx), want);
+    }
+
+    #[test]
+    fn a_pod_whose_monitor_died_is_stopped_once() {
+        let store = Store::default();
+        store.add_sandbox(sandbox("p", SandboxState::Ready));
+        let mut rx = store.subscribe();
+        let p = store.sandbox_map().get("p").cloned().unwrap();
+        store.update_sandbox(&p, |r| r.monitor_lost = true);
+        // Stopping it afterwards changes its record, not what CRI sees.
+        store.update_sandbox(&p, |r| r.state = SandboxState::NotReady);
+        assert_eq!(drain(&mut rx), [(EventKind::Stopped, "p".to_string())]);
+    }
+
+    #[test]
     fn nothing_is_built_without_subscribers() {
         let store = Store::default();
         store.add_sandbox(sandbox("p", SandboxState::Ready));

@@ -71,13 +71,8 @@ impl PodService {
                 oom_killed: false,
             };
             // As the monitor would have: the exit holds across a restart of berthd.
-            match serde_json::to_vec(&exit) {
-                Ok(json) => {
-                    if let Err(e) = crate::fsutil::write_atomic(&rec.exit_file(), &json) {
-                        tracing::warn!(container = %rec.id, error = %e, "writing the exit file of a container whose monitor died");
-                    }
-                }
-                Err(e) => tracing::warn!(container = %rec.id, error = %e, "encoding an exit"),
+            if let Err(e) = crate::monitor::write_exit_file(&rec.exit_file(), &exit) {
+                tracing::warn!(container = %rec.id, error = %e, "writing the exit file of a container whose monitor died");
             }
             self.record_exit(&rec.id, exit);
         }

@@ -307,7 +307,7 @@ impl Bench {
         for rt in &mut self.runtimes {
             rt.daemon.stop(Duration::from_secs(20)).await;
         }
-        if let Some(floor) = self.floor.take() {
+        if let Some(mut floor) = self.floor.take() {
             floor.cleanup();
         }
         problems.extend(self.kill_leftovers().await);

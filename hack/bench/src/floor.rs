@@ -3,7 +3,9 @@
 //! subtree), with no CRI, no image handling, no CNI. A runtime's pod start cannot beat one
 //! `runc create` + `runc start`, whatever it does; the gap between the two is what the
 //! runtime adds. Samples are taken inside the sequential workload, so they share its
-//! conditions.
+//! conditions. Each start is also timed a second time with berth's cgroup warm-up
+//! (`runtime_core::cgroupwarm`, as berthd runs it: a no-op cgroup move asked for just
+//! before the runtime starts), which shows what that warm-up saves a container start.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,6 +21,8 @@ pub struct RuncFloor {
     log: PathBuf,
     cgroup_parent: String,
     next: usize,
+    /// berth's warm-up, writing to the floor's own cgroup parent (off on cgroup v2).
+    warmer: runtime_core::cgroupwarm::JoinWarmer,
 }
 
 /// Runs `runc args` with stdin `/dev/null` and stdout and stderr appended to `log`
@@ -69,19 +73,25 @@ impl RuncFloor {
         config["process"]["terminal"] = serde_json::json!(false);
         config["process"]["args"] = serde_json::json!(["sleep", "86400"]);
         std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+        let warmer = match runtime_core::cgroups::Layout::detect() {
+            Ok(layout) => runtime_core::cgroupwarm::JoinWarmer::start(&layout, cgroup_parent),
+            Err(_) => runtime_core::cgroupwarm::JoinWarmer::off(),
+        };
         Ok(RuncFloor {
             bundle,
             root,
             log,
             cgroup_parent: cgroup_parent.to_string(),
             next: 0,
+            warmer,
         })
     }
 
     /// Times `runc create` + `runc start` of a new container, then its teardown as a
-    /// runtime does it: `runc kill KILL`, wait until the init is dead, `runc delete`.
-    /// Returns (start, teardown).
-    pub fn sample(&mut self) -> Result<(Duration, Duration)> {
+    /// runtime does it: `runc kill KILL`, wait until the init is dead, `runc delete`; with
+    /// `warm`, berth's cgroup warm-up is asked for just before `runc create`, as berthd
+    /// does before a start. Returns (start, teardown).
+    pub fn sample(&mut self, warm: bool) -> Result<(Duration, Duration)> {
         let id = format!("floor-{}", self.next);
         self.next += 1;
         // Each container gets its own cgroup, as a runtime gives each container one.
@@ -94,6 +104,9 @@ impl RuncFloor {
         let pid_file = self.root.join(format!("{id}.pid"));
         let pid_file_s = pid_file.display().to_string();
         let t0 = Instant::now();
+        if warm {
+            self.warmer.warm();
+        }
         runc(
             &[
                 "--root",
@@ -127,8 +140,10 @@ impl RuncFloor {
         Ok((t1 - t0, t2 - t1))
     }
 
-    /// Deletes (forcibly) every container left in the state directory.
-    pub fn cleanup(&self) {
+    /// Deletes (forcibly) every container left in the state directory, and ends the
+    /// warm-up thread, which leaves the floor's cgroup.
+    pub fn cleanup(&mut self) {
+        self.warmer = runtime_core::cgroupwarm::JoinWarmer::off();
         let root = self.root.display().to_string();
         if let Ok(rd) = std::fs::read_dir(&self.root) {
             for e in rd.flatten().filter(|e| e.path().is_dir()) {

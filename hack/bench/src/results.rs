@@ -260,6 +260,12 @@ impl Results {
                     samples: Vec::new(),
                 },
                 Floor {
+                    key: "runc.start.warm",
+                    label: "the same, after berth's no-op cgroup move (cgroup_warmup)",
+                    under: "start",
+                    samples: Vec::new(),
+                },
+                Floor {
                     key: "runc.delete",
                     label: "runc kill KILL + wait for the exit + runc delete",
                     under: "teardown",

@@ -217,9 +217,12 @@ async fn sequential(
     let mut pods: [Vec<Pod>; 2] = [Vec::new(), Vec::new()];
     for i in 0..n {
         let (start, delete) =
-            tokio::task::block_in_place(|| floor.sample()).context("runc floor")?;
+            tokio::task::block_in_place(|| floor.sample(false)).context("runc floor")?;
         results.record_floor("runc.start", start);
         results.record_floor("runc.delete", delete);
+        let (warm, _) =
+            tokio::task::block_in_place(|| floor.sample(true)).context("runc floor, warmed")?;
+        results.record_floor("runc.start.warm", warm);
         for r in order(i) {
             let (pod, t) = pods::start(&rts[r], &format!("seq-{i}")).await?;
             results.record("start", r, t.total());

@@ -146,6 +146,9 @@ pub struct RuntimeConfig {
     /// and exec, so that the runtime's does not wait for an RCU grace period (see
     /// `cgroupwarm`).
     pub cgroup_warmup: bool,
+    /// Seconds an OCI runtime call (kill, delete, state, update) may take before it is
+    /// killed and the CRI call fails with DeadlineExceeded.
+    pub call_timeout_secs: u64,
     /// Runtime handlers (RuntimeClass handler name → OCI runtime).
     pub handlers: std::collections::BTreeMap<String, HandlerConfig>,
 }
@@ -178,6 +181,7 @@ impl Default for RuntimeConfig {
             monitor_path: None,
             default_cgroup_parent: "/berth".to_string(),
             cgroup_warmup: true,
+            call_timeout_secs: 60,
             handlers,
         }
     }
@@ -292,6 +296,9 @@ impl Config {
                 self.runtime.default_handler
             ));
         }
+        if self.runtime.call_timeout_secs == 0 {
+            return bad("runtime.call_timeout_secs must be at least 1".to_string());
+        }
         if self.image.max_concurrent_downloads == 0 {
             return bad("image.max_concurrent_downloads must be at least 1".to_string());
         }
@@ -371,6 +378,11 @@ default_cgroup_parent = "/berth"
 # within the cgroup above), so that the kernel's RCU grace period for the move (5-8 ms) has begun
 # before the runtime needs it. false: the runtime waits for it.
 cgroup_warmup = true
+
+# Seconds an OCI runtime call (kill, delete, state, update) may take: a runtime that hangs
+# is killed and that one CRI call fails with DeadlineExceeded. Starts and execs run in the
+# pod monitor, which has limits of its own.
+call_timeout_secs = 60
 
 # RuntimeClass handlers: name -> OCI runtime binary (absolute, or looked up in PATH).
 [runtime.handlers.runc]

@@ -20,6 +20,8 @@ pub struct OciRuntime {
     pub path: PathBuf,
     /// The runtime's state root (`--root`).
     pub root: PathBuf,
+    /// How long one call (kill, delete, state, update) may take before it is killed.
+    pub call_timeout: std::time::Duration,
 }
 
 /// What `state` reports.
@@ -133,13 +135,17 @@ impl OciRuntime {
     }
 
     async fn run(&self, what: &str, id: &str, log: &Path, args: &[&str]) -> Result<Vec<u8>> {
-        let out = self
-            .base(log)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
+        let mut cmd = self.base(log);
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        // A runtime that hangs is killed when its output future is dropped (kill_on_drop).
+        let out = tokio::time::timeout(self.call_timeout, cmd.output())
             .await
+            .map_err(|_| {
+                Error::DeadlineExceeded(format!(
+                    "{} {what} {id} did not finish within {:?}; it was killed",
+                    self.name, self.call_timeout
+                ))
+            })?
             .map_err(|e| Error::Internal(format!("run {} {what}: {e}", self.path.display())))?;
         if out.status.success() {
             return Ok(out.stdout);
@@ -380,6 +386,7 @@ mod tests {
             name: "runc".into(),
             path: "/usr/sbin/runc".into(),
             root: "/run/berth/runc".into(),
+            call_timeout: std::time::Duration::from_secs(60),
         };
         let argv = r.run_argv(
             "c1",

@@ -77,6 +77,7 @@ impl PodServiceOptions {
                     name: name.clone(),
                     path: resolve_binary(&h.path),
                     root: config.state.join("runtime").join(name),
+                    call_timeout: std::time::Duration::from_secs(config.runtime.call_timeout_secs),
                 },
             );
         }

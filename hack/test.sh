@@ -35,6 +35,12 @@ cargo test --workspace --locked -- --test-threads="${BERTH_TEST_THREADS:-2}"
 
 # The bench builds the release binaries (berthd, the static berth-monitor) and proves that
 # it still works; its figures are never judged here.
+echo "== churn: 100 pod lifecycles while berthd and monitors are SIGKILLed; fails on any leak"
+if ! BERTH_CHURN_NO_DEPS=1 hack/churn.sh --lifecycles 100 --workers 4 2>target/churn.log; then
+  tail -n 80 target/churn.log
+  exit 1
+fi
+
 echo "== bench smoke"
 hack/bench.sh --quick --smoke
 

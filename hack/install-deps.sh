@@ -10,7 +10,7 @@ packages=(
   docker-registry             # distribution v2 registry for the e2e tests
   busybox-static              # test images are built from it
   containerd                  # hack/bench.sh measures berth against it (CRI plugin, runc shim)
-  protobuf-compiler           # protoc, needed by k8s-cri's build script
+  protobuf-compiler           # protoc, needed by cri-api/build.rs (compiles proto/cri/.../api.proto)
   iptables                    # portmap / firewall CNI plugins
   iproute2                    # tests inspect links and namespaces
   ca-certificates

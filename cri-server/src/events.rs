@@ -8,8 +8,8 @@
 
 use std::pin::Pin;
 
+use berth_cri::v1 as cri;
 use futures_util::Stream;
-use k8s_cri::v1 as cri;
 use runtime_core::pods::{PodService, container_event};
 use tokio::sync::broadcast::error::RecvError;
 use tonic::Status;

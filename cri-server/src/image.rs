@@ -1,9 +1,10 @@
-//! The CRI ImageService: each RPC maps onto one `runtime_core::image::ImageService` call.
+//! The CRI ImageService: each RPC maps onto one `runtime_core::image::ImageService` call,
+//! except StreamImages (1.36), which answers Unimplemented.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use runtime_core::image::{Credentials, ImageRecord, ImageService};
 use runtime_core::pods::PodService;
 use tonic::{Request, Response, Status};
@@ -93,6 +94,15 @@ impl cri::image_service_server::ImageService for ImageApi {
         Ok(Response::new(cri::ListImagesResponse {
             images: images.iter().map(to_cri_image).collect(),
         }))
+    }
+
+    type StreamImagesStream = crate::runtime::NoStream<cri::StreamImagesResponse>;
+
+    async fn stream_images(
+        &self,
+        _request: Request<cri::StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        Err(crate::runtime::unimplemented("StreamImages"))
     }
 
     async fn image_status(

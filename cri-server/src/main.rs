@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use berth_cri::v1 as cri;
 use clap::Parser;
-use k8s_cri::v1 as cri;
 use runtime_core::config::{Config, DEFAULT_CONFIG_PATH, LogFormat};
 use runtime_core::image::{ImageService, ImageServiceOptions};
 use tokio::signal::unix::{SignalKind, signal};

@@ -1,10 +1,11 @@
 //! The CRI RuntimeService: each RPC maps onto one `runtime_core::pods::PodService` call.
 //! Exec, Attach and PortForward check the request and answer a URL on the streaming
-//! server. CheckpointContainer is not implemented yet and answers Unimplemented.
+//! server. CheckpointContainer, UpdatePodSandboxResources and the streamed lists of 1.36
+//! (Stream*) are not implemented yet and answer Unimplemented.
 
 use std::collections::HashMap;
 
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use runtime_core::pods::PodService;
 use tonic::{Request, Response, Status};
 
@@ -75,9 +76,12 @@ fn check_stdio(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<(),
     Ok(())
 }
 
-fn unimplemented(rpc: &str) -> Status {
+pub(crate) fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by berth yet"))
 }
+
+/// Stream type of the streamed RPCs berth answers Unimplemented (it is never sent).
+pub(crate) type NoStream<T> = futures_util::stream::Empty<Result<T, Status>>;
 
 #[tonic::async_trait]
 impl cri::runtime_service_server::RuntimeService for RuntimeApi {
@@ -142,6 +146,8 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
                 .collect(),
             features: Some(cri::RuntimeFeatures {
                 supplemental_groups_policy: false,
+                // berth offers no user namespaces at all yet.
+                user_namespaces_host_network: false,
             }),
         }))
     }
@@ -499,6 +505,56 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         Ok(Response::new(cri::ListPodSandboxMetricsResponse {
             pod_metrics,
         }))
+    }
+
+    async fn update_pod_sandbox_resources(
+        &self,
+        _request: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        Err(unimplemented("UpdatePodSandboxResources"))
+    }
+
+    // The streamed lists of 1.36 (KEP-5825, kubelet feature gate CRIListStreaming); kubelet
+    // uses the unary List RPCs unless the gate is on.
+    type StreamPodSandboxesStream = NoStream<cri::StreamPodSandboxesResponse>;
+    type StreamContainersStream = NoStream<cri::StreamContainersResponse>;
+    type StreamContainerStatsStream = NoStream<cri::StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = NoStream<cri::StreamPodSandboxStatsResponse>;
+    type StreamPodSandboxMetricsStream = NoStream<cri::StreamPodSandboxMetricsResponse>;
+
+    async fn stream_pod_sandboxes(
+        &self,
+        _request: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        Err(unimplemented("StreamPodSandboxes"))
+    }
+
+    async fn stream_containers(
+        &self,
+        _request: Request<cri::StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        Err(unimplemented("StreamContainers"))
+    }
+
+    async fn stream_container_stats(
+        &self,
+        _request: Request<cri::StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        Err(unimplemented("StreamContainerStats"))
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        _request: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        Err(unimplemented("StreamPodSandboxStats"))
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
+        Err(unimplemented("StreamPodSandboxMetrics"))
     }
 
     type GetContainerEventsStream = crate::events::EventStream;

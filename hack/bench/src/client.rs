@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
+use berth_cri::v1::image_service_client::ImageServiceClient;
+use berth_cri::v1::runtime_service_client::RuntimeServiceClient;
 use e2e::cri_api as api;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 

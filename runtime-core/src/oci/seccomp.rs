@@ -13,8 +13,8 @@
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
-use k8s_cri::v1::LinuxContainerSecurityContext;
-use k8s_cri::v1::security_profile::ProfileType;
+use berth_cri::v1::LinuxContainerSecurityContext;
+use berth_cri::v1::security_profile::ProfileType;
 use oci_spec::runtime::{
     Arch, Capabilities, Capability, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompArgBuilder,
     LinuxSeccompOperator, LinuxSyscall,
@@ -323,7 +323,7 @@ pub fn for_container(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::SecurityProfile;
+    use berth_cri::v1::SecurityProfile;
 
     fn denied(p: &LinuxSeccomp) -> Vec<String> {
         p.syscalls()

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Once, OnceLock};
 
-use k8s_cri::v1::{
+use berth_cri::v1::{
     ContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, MountPropagation,
     NamespaceMode, PodSandboxConfig,
 };
@@ -516,7 +516,9 @@ fn environment(
         config
             .envs
             .iter()
-            .map(|kv| format!("{}={}", kv.key, kv.value)),
+            // KeyValue.value is bytes since 1.36.3; config.json is JSON, so bytes that are
+            // not UTF-8 become U+FFFD (as containerd's Go JSON encoding does).
+            .map(|kv| format!("{}={}", kv.key, String::from_utf8_lossy(&kv.value))),
     );
     env
 }
@@ -816,7 +818,7 @@ fn masked_and_readonly_paths(
 /// AppArmor and SELinux are not enforced by berth (the host has neither); a request for a
 /// specific profile is logged and otherwise ignored.
 fn warn_ignored_security_options(sc: &LinuxContainerSecurityContext) {
-    use k8s_cri::v1::security_profile::ProfileType;
+    use berth_cri::v1::security_profile::ProfileType;
     if let Some(a) = &sc.apparmor
         && a.profile_type == ProfileType::Localhost as i32
     {
@@ -896,17 +898,17 @@ fn process_user(
             .ok_or_else(|| invalid(format!("supplemental_groups entry {g} is out of range")))?;
         supplemental.push(gid);
     }
-    let merge = match k8s_cri::v1::SupplementalGroupsPolicy::try_from(sc.supplemental_groups_policy)
-    {
-        Ok(k8s_cri::v1::SupplementalGroupsPolicy::Merge) => true,
-        Ok(k8s_cri::v1::SupplementalGroupsPolicy::Strict) => false,
-        Err(_) => {
-            return Err(invalid(format!(
-                "supplemental_groups_policy {} is unknown",
-                sc.supplemental_groups_policy
-            )));
-        }
-    };
+    let merge =
+        match berth_cri::v1::SupplementalGroupsPolicy::try_from(sc.supplemental_groups_policy) {
+            Ok(berth_cri::v1::SupplementalGroupsPolicy::Merge) => true,
+            Ok(berth_cri::v1::SupplementalGroupsPolicy::Strict) => false,
+            Err(_) => {
+                return Err(invalid(format!(
+                    "supplemental_groups_policy {} is unknown",
+                    sc.supplemental_groups_policy
+                )));
+            }
+        };
     let resolved = user::resolve_user(inputs.rootfs, &user_string, &supplemental, merge)?;
     let mut u = User::default();
     u.set_uid(resolved.uid);
@@ -1204,7 +1206,7 @@ struct PlannedMount {
     gid_mappings: Vec<LinuxIdMapping>,
 }
 
-fn id_mappings(m: &[k8s_cri::v1::IdMapping]) -> Result<Vec<LinuxIdMapping>, SpecError> {
+fn id_mappings(m: &[berth_cri::v1::IdMapping]) -> Result<Vec<LinuxIdMapping>, SpecError> {
     m.iter()
         .map(|m| {
             LinuxIdMappingBuilder::default()
@@ -1427,7 +1429,7 @@ fn annotations(inputs: &SpecInputs) -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_cri::v1::{
+    use berth_cri::v1::{
         Capability as CriCapability, ContainerMetadata, Device, HugepageLimit, ImageSpec,
         Int64Value, KeyValue, LinuxContainerConfig, LinuxPodSandboxConfig,
         LinuxSandboxSecurityContext, Mount as CriMount, NamespaceOption, PodSandboxMetadata,
@@ -1799,7 +1801,7 @@ mod tests {
             (1000, 3000, vec![10, 50, 3000, 7000])
         );
         // Strict: no /etc/group membership.
-        f.sc().supplemental_groups_policy = k8s_cri::v1::SupplementalGroupsPolicy::Strict as i32;
+        f.sc().supplemental_groups_policy = berth_cri::v1::SupplementalGroupsPolicy::Strict as i32;
         assert_eq!(u(&f.build().unwrap()), (1000, 3000, vec![50, 3000, 7000]));
         // run_as_username beats run_as_user.
         let mut f = Fixture::new();

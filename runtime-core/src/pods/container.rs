@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use nix::mount::MsFlags;
 
 use super::records::{self, ContainerRecord, SandboxState};

@@ -2,7 +2,7 @@
 //! its containers' statuses as they were right after the change, which is what kubelet's
 //! evented PLEG reads instead of asking again.
 
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 
 use super::container::status_of;
 use super::sandbox::sandbox_status_of;

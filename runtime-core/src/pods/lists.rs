@@ -3,7 +3,7 @@
 
 use std::cmp::Reverse;
 
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 
 use super::records::{ContainerRecord, SandboxRecord};
 use super::sandbox::sandbox_state;

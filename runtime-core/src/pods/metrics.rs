@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 
 use super::container::Lifecycle;
 use super::records::{ContainerRecord, SandboxRecord, SandboxState};

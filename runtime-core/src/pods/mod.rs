@@ -402,7 +402,7 @@ impl PodService {
             }
         }
         for e in self.sandbox_entries() {
-            if e.with(sandbox::sandbox_state) == k8s_cri::v1::PodSandboxState::SandboxReady {
+            if e.with(sandbox::sandbox_state) == berth_cri::v1::PodSandboxState::SandboxReady {
                 n.pods_ready += 1;
             } else {
                 n.pods_not_ready += 1;

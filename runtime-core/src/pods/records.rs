@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 use serde::{Deserialize, Serialize};
 
 use crate::fsutil;

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 
 use super::records::{self, SandboxRecord, SandboxState};
 use super::{PodService, lock, new_id, now_ns, release_name};

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use k8s_cri::v1 as cri;
+use berth_cri::v1 as cri;
 
 use super::records::{ContainerRecord, SandboxRecord};
 use super::{PodService, labels_match, now_ns};
@@ -51,6 +51,7 @@ impl PodService {
             timestamp: ts,
             usage_core_nano_seconds: u64v(Some(total)),
             usage_nano_cores: u64v(nano_cores),
+            psi: None,
         })
     }
 
@@ -67,6 +68,7 @@ impl PodService {
             rss_bytes: u64v(s.memory_rss),
             page_faults: u64v(s.page_faults),
             major_page_faults: u64v(s.major_page_faults),
+            psi: None,
         })
     }
 
@@ -123,6 +125,8 @@ impl PodService {
                 inodes_used: u64v(Some(inodes)),
             }),
             swap: None,
+            // IO pressure (1.33) is not reported yet.
+            io: None,
         }
     }
 
@@ -186,6 +190,7 @@ impl PodService {
                     .iter()
                     .map(|c| self.container_stats_of(c))
                     .collect(),
+                io: None,
             }),
             windows: None,
         })

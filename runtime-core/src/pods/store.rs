@@ -207,7 +207,7 @@ impl Store {
     ) {
         let _order = lock(&self.publishing);
         let ready = |r: &SandboxRecord| {
-            super::sandbox::sandbox_state(r) == k8s_cri::v1::PodSandboxState::SandboxReady
+            super::sandbox::sandbox_state(r) == berth_cri::v1::PodSandboxState::SandboxReady
         };
         let (id, was, now) = {
             let mut guard = lock(&entry.data);
@@ -344,7 +344,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use k8s_cri::v1 as cri;
+    use berth_cri::v1 as cri;
     use std::path::PathBuf;
 
     pub(crate) fn container(id: &str, pod: &str, created: i64) -> ContainerRecord {

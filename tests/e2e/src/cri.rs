@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hyper_util::rt::TokioIo;
-use k8s_cri::v1::image_service_client::ImageServiceClient;
-use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{
+use berth_cri::v1::image_service_client::ImageServiceClient;
+use berth_cri::v1::runtime_service_client::RuntimeServiceClient;
+use berth_cri::v1::{
     AuthConfig, Image, ImageFilter, ImageFsInfoRequest, ImageFsInfoResponse, ImageSpec,
     ImageStatusRequest, ImageStatusResponse, ListImagesRequest, PullImageRequest,
     RemoveImageRequest, StatusRequest, StatusResponse, VersionRequest, VersionResponse,
 };
+use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tonic::{Code, Status};
 

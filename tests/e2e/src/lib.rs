@@ -30,8 +30,8 @@ pub use push::{Credentials, PushedImage, Pusher};
 pub use registry::Registry;
 pub use util::{poll_until, sha256_digest};
 
-/// Re-exported so tests need not depend on tonic / k8s-cri directly.
-pub use k8s_cri::v1 as cri_api;
+/// Re-exported so tests need not depend on tonic / berth-cri directly.
+pub use berth_cri::v1 as cri_api;
 pub use tonic::{Code, Status};
 
 /// Starts a registry and a berthd mapping every well-known registry name to it: the common

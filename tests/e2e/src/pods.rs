@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use k8s_cri::v1 as api;
+use berth_cri::v1 as api;
 use tonic::{Code, Status};
 
 use crate::berthd::{Berthd, BerthdOptions};

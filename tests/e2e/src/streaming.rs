@@ -604,7 +604,7 @@ pub async fn exec_url(
 ) -> std::result::Result<String, tonic::Status> {
     let mut c = cri.runtime.clone();
     let r = c
-        .exec(k8s_cri::v1::ExecRequest {
+        .exec(berth_cri::v1::ExecRequest {
             container_id: id.into(),
             cmd: cmd.iter().map(|s| s.to_string()).collect(),
             tty: o.tty,
@@ -624,7 +624,7 @@ pub async fn attach_url(
 ) -> std::result::Result<String, tonic::Status> {
     let mut c = cri.runtime.clone();
     let r = c
-        .attach(k8s_cri::v1::AttachRequest {
+        .attach(berth_cri::v1::AttachRequest {
             container_id: id.into(),
             tty: o.tty,
             stdin: o.stdin,
@@ -643,7 +643,7 @@ pub async fn port_forward_url(
 ) -> std::result::Result<String, tonic::Status> {
     let mut c = cri.runtime.clone();
     let r = c
-        .port_forward(k8s_cri::v1::PortForwardRequest {
+        .port_forward(berth_cri::v1::PortForwardRequest {
             pod_sandbox_id: id.into(),
             port: ports.to_vec(),
         })

@@ -190,11 +190,16 @@ impl PodService {
             dir: dir.clone(),
             pid: 0,
             start_error: None,
-            stop_signal: image
-                .config
-                .config
-                .as_ref()
-                .and_then(|c| c.stop_signal.clone()),
+            // The pod's own (1.33) over the image's STOPSIGNAL.
+            stop_signal: super::signals::from_cri(config.stop_signal)
+                .and_then(super::signals::signal_name)
+                .or_else(|| {
+                    image
+                        .config
+                        .config
+                        .as_ref()
+                        .and_then(|c| c.stop_signal.clone())
+                }),
             cgroup_path: format!("{}/{}", pod.cgroup_parent.trim_end_matches('/'), id),
             exit_message: None,
             state: Lifecycle::Created,
@@ -443,7 +448,7 @@ impl PodService {
         let runtime = self.runtime(&pod.runtime_handler)?;
         let log = rec.bundle.join("runtime.log");
         if timeout > 0 {
-            let sig = parse_signal(rec.stop_signal.as_deref()).unwrap_or(libc::SIGTERM);
+            let sig = stop_signal_of(&rec);
             // The init is the monitor's child and is not reaped before its exit is recorded,
             // so while the container is running its pid cannot have been reused: signal it
             // directly instead of paying for a runtime invocation.
@@ -728,18 +733,13 @@ pub fn resolve_log_path(log_directory: &str, log_path: &str) -> Result<Option<Pa
     Ok(Some(real_parent.join(full.file_name().unwrap_or_default())))
 }
 
-/// Parses a stop signal as images give it: `SIGTERM`, `TERM`, `15`.
-pub fn parse_signal(s: Option<&str>) -> Option<i32> {
-    let s = s?.trim();
-    if let Ok(n) = s.parse::<i32>() {
-        return (1..=64).contains(&n).then_some(n);
-    }
-    let name = s.to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    let full = format!("SIG{name}");
-    full.parse::<nix::sys::signal::Signal>()
-        .ok()
-        .map(|sig| sig as i32)
+/// The signal StopContainer sends first: the container's stop signal (its config's, else
+/// its image's), SIGTERM when it has none or one this host does not know.
+fn stop_signal_of(rec: &ContainerRecord) -> i32 {
+    rec.stop_signal
+        .as_deref()
+        .and_then(super::signals::signal_number)
+        .unwrap_or(libc::SIGTERM)
 }
 
 /// A container's ContainerStatus (the one its ContainerStatus call, the list of its pod
@@ -808,6 +808,7 @@ pub(crate) fn status_of(rec: &ContainerRecord) -> cri::ContainerStatus {
                 ..Default::default()
             }),
         image_id: rec.image_id.clone(),
+        stop_signal: super::signals::cri_signal(stop_signal_of(rec)) as i32,
         ..Default::default()
     }
 }
@@ -879,16 +880,6 @@ mod tests {
         let st = status_of(&c);
         assert_eq!(st.state, cri::ContainerState::ContainerRunning as i32);
         assert_eq!((st.finished_at, st.reason.as_str()), (0, ""));
-    }
-
-    #[test]
-    fn signals_parse() {
-        assert_eq!(parse_signal(Some("SIGTERM")), Some(15));
-        assert_eq!(parse_signal(Some("quit")), Some(3));
-        assert_eq!(parse_signal(Some("9")), Some(9));
-        assert_eq!(parse_signal(Some("SIGNOPE")), None);
-        assert_eq!(parse_signal(Some("0")), None);
-        assert_eq!(parse_signal(None), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod exitwatch;
 mod lists;
 pub mod metrics;
 mod portforward;
+pub mod signals;
 pub mod records;
 pub mod sandbox;
 pub mod stats;

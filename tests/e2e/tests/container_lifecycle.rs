@@ -1086,3 +1086,42 @@ async fn oom_killed_container() -> Result<()> {
     env.assert_pod_gone(&pod_id, "").await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_containers_stop_signal_overrides_the_images_and_is_reported() -> Result<()> {
+    let env = PodEnv::with_busybox().await?;
+    push_stopsignal_image(&env.pusher(), "library/e2e-stopsignal").await?;
+    env.cri.pull("e2e-stopsignal").await?;
+    let pod = env.pod_config("stop-signals");
+    let pod_id = env.run_pod(&pod).await?;
+    let mut own = env.container_config("own-signal", &[]);
+    own.image = Some(e2e::spec("e2e-stopsignal"));
+    own.stop_signal = api::Signal::Sigterm as i32;
+    let mut image_s = env.container_config("image-signal", &[]);
+    image_s.image = Some(e2e::spec("e2e-stopsignal"));
+    let plain = env.container_config("plain", &["sleep", "3600"]);
+    let o = env.run_container(&pod_id, &own, &pod).await?;
+    let i = env.run_container(&pod_id, &image_s, &pod).await?;
+    let p = env.run_container(&pod_id, &plain, &pod).await?;
+    for (id, want) in [
+        (&o, api::Signal::Sigterm),
+        (&i, api::Signal::Sigusr1),
+        (&p, api::Signal::Sigterm),
+    ] {
+        let st = env.container_status(id).await?;
+        assert_eq!(st.stop_signal, want as i32, "the signal in force for {id}");
+    }
+    for c in [&own, &image_s] {
+        wait_ready(&env, &pod, c).await;
+    }
+    // The container's own signal wins over the image's STOPSIGNAL.
+    env.stop_container(&o, 10).await?;
+    let st = env.container_status(&o).await?;
+    assert_eq!(st.exit_code, STOPSIGNAL_IMAGE_TERM_EXIT, "got SIGTERM: {st:?}");
+    env.stop_container(&i, 10).await?;
+    let st = env.container_status(&i).await?;
+    assert_eq!(st.exit_code, STOPSIGNAL_IMAGE_EXIT, "got the image's SIGUSR1: {st:?}");
+    env.stop_pod(&pod_id).await?;
+    env.remove_pod(&pod_id).await?;
+    Ok(())
+}

@@ -78,10 +78,7 @@ pub fn from_cri(value: i32) -> Option<i32> {
     if sig == cri::Signal::RuntimeDefault {
         return None;
     }
-    let name = sig
-        .as_str_name()
-        .replace("PLUS", "+")
-        .replace("MINUS", "-");
+    let name = sig.as_str_name().replace("PLUS", "+").replace("MINUS", "-");
     signal_number(&name)
 }
 

@@ -1117,10 +1117,16 @@ async fn a_containers_stop_signal_overrides_the_images_and_is_reported() -> Resu
     // The container's own signal wins over the image's STOPSIGNAL.
     env.stop_container(&o, 10).await?;
     let st = env.container_status(&o).await?;
-    assert_eq!(st.exit_code, STOPSIGNAL_IMAGE_TERM_EXIT, "got SIGTERM: {st:?}");
+    assert_eq!(
+        st.exit_code, STOPSIGNAL_IMAGE_TERM_EXIT,
+        "got SIGTERM: {st:?}"
+    );
     env.stop_container(&i, 10).await?;
     let st = env.container_status(&i).await?;
-    assert_eq!(st.exit_code, STOPSIGNAL_IMAGE_EXIT, "got the image's SIGUSR1: {st:?}");
+    assert_eq!(
+        st.exit_code, STOPSIGNAL_IMAGE_EXIT,
+        "got the image's SIGUSR1: {st:?}"
+    );
     env.stop_pod(&pod_id).await?;
     env.remove_pod(&pod_id).await?;
     Ok(())

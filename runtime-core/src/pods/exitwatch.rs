@@ -52,6 +52,9 @@ struct Watched {
     /// Container ID -> its watch.
     by_id: HashMap<String, WatchDescriptor>,
     /// Pod ID -> its monitor's pid and pidfd.
+    /// Containers whose directory could not be watched (the inotify watch limit, say): while
+    /// there are any, every exit file is swept once a second.
+    unwatched: std::collections::HashSet<String>,
     /// Shared with a poll in progress, so that forgetting never closes a polled descriptor.
     monitors: HashMap<String, (i32, Arc<OwnedFd>)>,
 }
@@ -126,7 +129,8 @@ impl ExitWatch {
                 true
             }
             Err(e) => {
-                tracing::warn!(container = id, dir = %dir.display(), error = %e, "cannot watch for the exit file; its exit is seen by the next sweep or call");
+                tracing::warn!(container = id, dir = %dir.display(), error = %e, "cannot watch for the exit file; exit files are swept every second while it runs");
+                w.unwatched.insert(id.to_string());
                 false
             }
         }
@@ -169,6 +173,7 @@ impl ExitWatch {
     pub(crate) fn forget(&self, id: &str) {
         if let Some(s) = &self.shared {
             let mut w = lock(&s.watched);
+            w.unwatched.remove(id);
             if let Some(wd) = w.by_id.remove(id) {
                 w.by_wd.remove(&wd);
                 // Fails harmlessly when the directory, and with it the watch, is gone.
@@ -182,6 +187,7 @@ impl ExitWatch {
 /// inotify fails).
 fn watch_loop(weak: Weak<Shared>, handler: &Handler) {
     let timeout = PollTimeout::try_from(LIVENESS_POLL).unwrap_or(PollTimeout::NONE);
+    let mut last_sweep = std::time::Instant::now();
     loop {
         let Some(shared) = weak.upgrade() else {
             return;
@@ -206,6 +212,13 @@ fn watch_loop(weak: Weak<Shared>, handler: &Handler) {
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
         drop(fds);
+        // Containers that could not be watched are found by sweeping, once a second.
+        if last_sweep.elapsed() >= SWEEP_INTERVAL && !lock(&shared.watched).unwatched.is_empty() {
+            last_sweep = std::time::Instant::now();
+            if !handler(Seen::Lost) {
+                return;
+            }
+        }
         match polled {
             Ok(0) => continue,
             Ok(_) => {}
@@ -359,6 +372,20 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         assert!(!w.watch("c3", &base.path().join("missing")));
+    }
+
+    #[test]
+    fn a_container_that_cannot_be_watched_is_swept_for_until_forgotten() {
+        let (w, got) = recording();
+        let base = tempfile::tempdir().unwrap();
+        assert!(!w.watch("c9", &base.path().join("missing")));
+        wait_for(&got, &Seen::Lost);
+        w.forget("c9");
+        assert!(
+            lock(&w.shared.as_ref().unwrap().watched)
+                .unwatched
+                .is_empty()
+        );
     }
 
     #[test]

@@ -169,6 +169,7 @@ impl PodService {
                 meta.name, meta.attempt, pod.id
             ),
         )?;
+        let (volumes, volume_ids) = self.image_volumes(&config)?;
         let id = new_id();
         let bundle = self.inner.opts.state.join("containers").join(&id);
         let dir = self.inner.opts.root.join("containers").join(&id);
@@ -202,6 +203,7 @@ impl PodService {
                 }),
             cgroup_path: format!("{}/{}", pod.cgroup_parent.trim_end_matches('/'), id),
             exit_message: None,
+            image_volumes: volume_ids,
             state: Lifecycle::Created,
         };
         let lowers = self.inner.images.lower_dirs(&image)?;
@@ -209,7 +211,14 @@ impl PodService {
         let rec2 = rec.clone();
         let image_config = image.config.clone();
         let built = tokio::task::spawn_blocking(move || {
-            svc.prepare_bundle(&rec2, &pod, &sandbox_config, &image_config, &lowers)
+            svc.prepare_bundle(
+                &rec2,
+                &pod,
+                &sandbox_config,
+                &image_config,
+                &lowers,
+                &volumes,
+            )
         })
         .await
         .map_err(|e| Error::Internal(format!("create container task: {e}")))?;
@@ -238,6 +247,7 @@ impl PodService {
         sandbox_config: &cri::PodSandboxConfig,
         image: &crate::image::spec::ImageConfig,
         lowers: &[PathBuf],
+        volumes: &[super::imagevolumes::ImageVolume],
     ) -> Result<()> {
         let rootfs = rec.bundle.join("rootfs");
         let upper = rec.dir.join("upper");
@@ -274,6 +284,12 @@ impl PodService {
         .map_err(|e| {
             Error::Internal(format!("mount overlay rootfs at {}: {e}", rootfs.display()))
         })?;
+        let mut mounted = Vec::with_capacity(volumes.len());
+        for v in volumes {
+            mounted.push((v.index, super::imagevolumes::mount(&rec.bundle, v)?));
+        }
+        let mut spec_config = rec.config.clone();
+        spec_config.mounts = super::imagevolumes::with_host_paths(&rec.config.mounts, &mounted);
         let nso = pod.ns_options();
         let node = cri::NamespaceMode::Node as i32;
         let cnso = rec
@@ -300,7 +316,7 @@ impl PodService {
         };
         let inputs = crate::oci::spec::SpecInputs {
             container_id: &rec.id,
-            config: &rec.config,
+            config: &spec_config,
             sandbox: sandbox_config,
             image,
             rootfs: &rootfs,
@@ -324,6 +340,48 @@ impl PodService {
         // record is removed, and a container is not started twice): no fsync, no rename.
         let path = rec.bundle.join("config.json");
         std::fs::write(&path, &json).map_err(|e| Error::io("write", &path, e))
+    }
+
+    /// The image volumes `config` asks for, resolved against the pulled images, and the
+    /// IDs of their images by mount index.
+    fn image_volumes(
+        &self,
+        config: &cri::ContainerConfig,
+    ) -> Result<(Vec<super::imagevolumes::ImageVolume>, Vec<(usize, String)>)> {
+        let mut volumes = Vec::new();
+        let mut ids = Vec::new();
+        for (index, m) in config.mounts.iter().enumerate() {
+            let Some(spec) = m.image.as_ref().filter(|_| m.host_path.is_empty()) else {
+                continue;
+            };
+            let name = spec.image.trim();
+            if name.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {:?}: an image volume needs an image",
+                    m.container_path
+                )));
+            }
+            if !m.readonly {
+                return Err(Error::InvalidArgument(format!(
+                    "mount {:?}: an image volume is read-only; set readonly",
+                    m.container_path
+                )));
+            }
+            let image = self.inner.images.status(name)?.ok_or_else(|| {
+                Error::NotFound(format!(
+                    "image {name:?} of the image volume at {:?} is not pulled",
+                    m.container_path
+                ))
+            })?;
+            volumes.push(super::imagevolumes::ImageVolume {
+                index,
+                lowers: self.inner.images.lower_dirs(&image)?,
+                sub_path: super::imagevolumes::check_sub_path(&m.image_sub_path)?,
+                image: name.to_string(),
+            });
+            ids.push((index, image.id));
+        }
+        Ok((volumes, ids))
     }
 
     /// StartContainer.
@@ -676,6 +734,7 @@ impl PodService {
 
 fn cleanup_bundle(bundle: &Path, dir: &Path) {
     crate::sandbox::files::unmount(&bundle.join("rootfs"));
+    super::imagevolumes::unmount_all(bundle);
     let _ = crate::fsutil::remove_all(bundle);
     let _ = crate::fsutil::remove_all(dir);
 }
@@ -792,7 +851,7 @@ pub(crate) fn status_of(rec: &ContainerRecord) -> cri::ContainerStatus {
         message,
         labels: rec.config.labels.clone(),
         annotations: rec.config.annotations.clone(),
-        mounts: rec.config.mounts.clone(),
+        mounts: super::imagevolumes::reported(&rec.config.mounts, &rec.image_volumes),
         log_path: rec
             .log_path
             .as_ref()

@@ -5,6 +5,7 @@
 pub mod container;
 mod events;
 mod exitwatch;
+mod imagevolumes;
 mod lists;
 pub mod metrics;
 mod portforward;
@@ -311,6 +312,7 @@ impl PodService {
                 let bundle = opts.state.join("containers").join(&id);
                 tracing::warn!(container = %id, "removing bundle left by an interrupted create");
                 crate::sandbox::files::unmount(&bundle.join("rootfs"));
+                imagevolumes::unmount_all(&bundle);
                 let _ = crate::fsutil::remove_all(&bundle);
             }
         }
@@ -436,8 +438,12 @@ impl PodService {
     /// The container using image `image_id`, if any (images in use are not removed).
     pub fn image_user(&self, image_id: &str) -> Option<String> {
         let map = self.inner.store.container_map();
-        map.values()
-            .find_map(|e| e.with(|c| (c.image_id == image_id).then(|| c.id.clone())))
+        map.values().find_map(|e| {
+            e.with(|c| {
+                (c.image_id == image_id || c.image_volumes.iter().any(|(_, id)| id == image_id))
+                    .then(|| c.id.clone())
+            })
+        })
     }
 
     /// The configured runtime handler names, the default one (reported as "") first.

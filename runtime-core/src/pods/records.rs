@@ -122,6 +122,9 @@ pub struct ContainerRecord {
     /// died): ContainerStatus.message.
     #[serde(default)]
     pub exit_message: Option<String>,
+    /// Image volumes: (index of the mount in `config.mounts`, the image's ID).
+    #[serde(default)]
+    pub image_volumes: Vec<(usize, String)>,
     /// Lifecycle state, kept by the store; not saved: at start it is worked out again from
     /// the record and the monitor's exit file.
     #[serde(skip)]

@@ -371,6 +371,7 @@ pub(crate) mod tests {
             stop_signal: None,
             cgroup_path: String::new(),
             exit_message: None,
+            image_volumes: Vec::new(),
             state: Lifecycle::Created,
         }
     }

@@ -347,7 +347,10 @@ impl PodService {
     fn image_volumes(
         &self,
         config: &cri::ContainerConfig,
-    ) -> Result<(Vec<super::imagevolumes::ImageVolume>, Vec<(usize, String)>)> {
+    ) -> Result<(
+        Vec<super::imagevolumes::ImageVolume>,
+        super::imagevolumes::VolumeIds,
+    )> {
         let mut volumes = Vec::new();
         let mut ids = Vec::new();
         for (index, m) in config.mounts.iter().enumerate() {

@@ -19,6 +19,9 @@ use crate::{Error, Result};
 /// Where an image volume is mounted in a container's bundle.
 const DIR: &str = "imagevols";
 
+/// The image IDs of a container's image volumes, by index of their mount.
+pub(crate) type VolumeIds = Vec<(usize, String)>;
+
 /// One image volume of a container, resolved at CreateContainer.
 #[derive(Debug, Clone)]
 pub(crate) struct ImageVolume {

@@ -145,7 +145,8 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
                 })
                 .collect(),
             features: Some(cri::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                // Merge and Strict (oci/spec.rs); ContainerStatus.user says what came of it.
+                supplemental_groups_policy: true,
                 // berth offers no user namespaces at all yet.
                 user_namespaces_host_network: false,
             }),

@@ -204,12 +204,14 @@ impl PodService {
             cgroup_path: format!("{}/{}", pod.cgroup_parent.trim_end_matches('/'), id),
             exit_message: None,
             image_volumes: volume_ids,
+            user: None,
             state: Lifecycle::Created,
         };
         let lowers = self.inner.images.lower_dirs(&image)?;
         let svc = self.clone();
         let rec2 = rec.clone();
         let image_config = image.config.clone();
+        let mut rec = rec;
         let built = tokio::task::spawn_blocking(move || {
             svc.prepare_bundle(
                 &rec2,
@@ -222,9 +224,12 @@ impl PodService {
         })
         .await
         .map_err(|e| Error::Internal(format!("create container task: {e}")))?;
-        if let Err(e) = built {
-            cleanup_bundle(&bundle, &dir);
-            return Err(e);
+        match built {
+            Ok(user) => rec.user = user,
+            Err(e) => {
+                cleanup_bundle(&bundle, &dir);
+                return Err(e);
+            }
         }
         // Fsynced after the reply: lost in a crash of the machine, the container's
         // directories are orphans that recovery removes, and kubelet, told it does not
@@ -248,7 +253,7 @@ impl PodService {
         image: &crate::image::spec::ImageConfig,
         lowers: &[PathBuf],
         volumes: &[super::imagevolumes::ImageVolume],
-    ) -> Result<()> {
+    ) -> Result<Option<(u32, u32, Vec<u32>)>> {
         let rootfs = rec.bundle.join("rootfs");
         let upper = rec.dir.join("upper");
         let work = rec.dir.join("work");
@@ -334,12 +339,21 @@ impl PodService {
             sandbox_id: &pod.id,
         };
         let spec = crate::oci::spec::build_spec(&inputs)?;
+        let user = spec.process().as_ref().map(|p| {
+            let u = p.user();
+            (
+                u.uid(),
+                u.gid(),
+                u.additional_gids().clone().unwrap_or_default(),
+            )
+        });
         let json = serde_json::to_vec_pretty(&spec)
             .map_err(|e| Error::Internal(format!("encode OCI spec: {e}")))?;
         // Read by the OCI runtime at start only, never after a crash (a bundle without a
         // record is removed, and a container is not started twice): no fsync, no rename.
         let path = rec.bundle.join("config.json");
-        std::fs::write(&path, &json).map_err(|e| Error::io("write", &path, e))
+        std::fs::write(&path, &json).map_err(|e| Error::io("write", &path, e))?;
+        Ok(user)
     }
 
     /// The image volumes `config` asks for, resolved against the pulled images, and the
@@ -871,6 +885,16 @@ pub(crate) fn status_of(rec: &ContainerRecord) -> cri::ContainerStatus {
             }),
         image_id: rec.image_id.clone(),
         stop_signal: super::signals::cri_signal(stop_signal_of(rec)) as i32,
+        user: rec
+            .user
+            .as_ref()
+            .map(|(uid, gid, groups)| cri::ContainerUser {
+                linux: Some(cri::LinuxContainerUser {
+                    uid: i64::from(*uid),
+                    gid: i64::from(*gid),
+                    supplemental_groups: groups.iter().map(|g| i64::from(*g)).collect(),
+                }),
+            }),
         ..Default::default()
     }
 }

@@ -122,6 +122,10 @@ pub struct ContainerRecord {
     /// died): ContainerStatus.message.
     #[serde(default)]
     pub exit_message: Option<String>,
+    /// The identity its processes run with, as the OCI spec says: (uid, gid, the
+    /// supplementary groups). ContainerStatus.user.
+    #[serde(default)]
+    pub user: Option<(u32, u32, Vec<u32>)>,
     /// Image volumes: (index of the mount in `config.mounts`, the image's ID).
     #[serde(default)]
     pub image_volumes: Vec<(usize, String)>,

@@ -372,6 +372,7 @@ pub(crate) mod tests {
             cgroup_path: String::new(),
             exit_message: None,
             image_volumes: Vec::new(),
+            user: None,
             state: Lifecycle::Created,
         }
     }

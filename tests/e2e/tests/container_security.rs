@@ -724,6 +724,25 @@ async fn run_as_username_and_supplemental_groups() -> Result<()> {
         groups.split_whitespace().any(|g| g == "1234"),
         "id -G contains 1234: {groups:?}"
     );
+    // ContainerStatus.user says the same as `id`.
+    let user = env
+        .container_status(&cid)
+        .await?
+        .user
+        .and_then(|u| u.linux)
+        .expect("ContainerStatus.user");
+    assert_eq!((user.uid, user.gid), (65534, 65534));
+    let mut reported: Vec<String> = user
+        .supplemental_groups
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+    let mut seen: Vec<String> = groups.split_whitespace().map(str::to_string).collect();
+    reported.sort();
+    seen.sort();
+    reported.dedup();
+    seen.dedup();
+    assert_eq!(reported, seen, "ContainerStatus.user groups and id -G");
     let init_pid = env.container_pid(&cid).await?;
     let status = std::fs::read_to_string(format!("/proc/{init_pid}/status"))?;
     assert!(

@@ -895,7 +895,6 @@ pub(crate) fn status_of(rec: &ContainerRecord) -> cri::ContainerStatus {
                     supplemental_groups: groups.iter().map(|g| i64::from(*g)).collect(),
                 }),
             }),
-        ..Default::default()
     }
 }
 

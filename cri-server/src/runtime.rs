@@ -510,9 +510,17 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
 
     async fn update_pod_sandbox_resources(
         &self,
-        _request: Request<cri::UpdatePodSandboxResourcesRequest>,
+        request: Request<cri::UpdatePodSandboxResourcesRequest>,
     ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
-        Err(unimplemented("UpdatePodSandboxResources"))
+        let req = request.into_inner();
+        let pods = self.pods.clone();
+        self.work
+            .detached(async move {
+                pods.update_pod_sandbox_resources(&req.pod_sandbox_id, req.overhead, req.resources)
+                    .await
+            })
+            .await?;
+        Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))
     }
 
     // The streamed lists of 1.36 (KEP-5825, kubelet feature gate CRIListStreaming); kubelet

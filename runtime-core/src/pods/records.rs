@@ -66,6 +66,13 @@ pub struct SandboxRecord {
     /// ready and its containers exited (see `supervision.rs`).
     #[serde(default)]
     pub monitor_lost: bool,
+    /// The pod's resources as kubelet last told UpdatePodSandboxResources: (overhead, sum
+    /// of its containers' resources).
+    #[serde(default)]
+    pub resources: Option<(
+        Option<cri::LinuxContainerResources>,
+        Option<cri::LinuxContainerResources>,
+    )>,
 }
 
 impl SandboxRecord {

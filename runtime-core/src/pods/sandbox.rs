@@ -96,6 +96,7 @@ impl PodService {
             network_attached: false,
             ips: vec![],
             monitor_lost: false,
+            resources: None,
         };
         let hostname = pod_hostname(&rec);
         let nso = rec.ns_options();
@@ -513,6 +514,27 @@ impl PodService {
         Ok(())
     }
 
+    /// UpdatePodSandboxResources (Kubernetes 1.33): kubelet's account of a pod's resources
+    /// after an in-place resize. kubelet sets the pod cgroup's limits itself (cgroupfs and
+    /// systemd drivers alike); as containerd and CRI-O, which pass it on to NRI plugins,
+    /// berth records it (shown by a verbose PodSandboxStatus). Unknown pods are NotFound.
+    pub async fn update_pod_sandbox_resources(
+        &self,
+        id: &str,
+        overhead: Option<cri::LinuxContainerResources>,
+        resources: Option<cri::LinuxContainerResources>,
+    ) -> Result<()> {
+        let entry = self.sandbox(id)?;
+        let _op = entry.op.lock().await;
+        let mut rec = entry.get();
+        rec.resources = Some((overhead, resources));
+        records::save(&self.sandbox_record_path(&rec.id), &rec)?;
+        self.inner
+            .store
+            .update_sandbox(&entry, |r| r.resources = rec.resources.clone());
+        Ok(())
+    }
+
     /// PodSandboxStatus.
     pub fn pod_sandbox_status(
         &self,
@@ -534,6 +556,7 @@ impl PodService {
                 "ips": rec.ips,
                 "networkAttached": rec.network_attached,
                 "runtimeHandler": rec.runtime_handler,
+                "resources": rec.resources,
                 "config": rec.config,
             });
             info.insert("info".to_string(), v.to_string());

@@ -406,6 +406,7 @@ pub(crate) mod tests {
             network_attached: false,
             ips: vec![],
             monitor_lost: false,
+            resources: None,
         }
     }
 

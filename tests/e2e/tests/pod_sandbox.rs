@@ -719,3 +719,40 @@ async fn cgroup_warmup_thread_sits_in_the_default_parent() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_pod_sandbox_resources_is_recorded_and_unknown_pods_are_not_found() -> Result<()> {
+    let env = PodEnv::start().await?;
+    let pod = env.pod_config("resize");
+    let id = env.run_pod(&pod).await?;
+    let resources = e2e::cri_api::LinuxContainerResources {
+        cpu_shares: 512,
+        memory_limit_in_bytes: 256 << 20,
+        ..Default::default()
+    };
+    let mut rt = env.cri.runtime.clone();
+    rt.update_pod_sandbox_resources(e2e::cri_api::UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: id.clone(),
+        overhead: None,
+        resources: Some(resources.clone()),
+    })
+    .await?;
+    let info = env.pod_info(&id).await?;
+    assert_eq!(
+        info["resources"][1]["memory_limit_in_bytes"],
+        serde_json::json!(256 << 20),
+        "recorded: {info}"
+    );
+    let err = rt
+        .update_pod_sandbox_resources(e2e::cri_api::UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: "0".repeat(64),
+            overhead: None,
+            resources: Some(resources),
+        })
+        .await
+        .expect_err("an unknown pod");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    env.stop_pod(&id).await?;
+    env.remove_pod(&id).await?;
+    Ok(())
+}

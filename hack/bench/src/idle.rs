@@ -20,9 +20,14 @@ fn cpu_seconds(pid: i32) -> Option<f64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks() as f64)
+}
+
+/// The kernel's clock ticks per second, in which /proc reports CPU time.
+fn clock_ticks() -> i64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    Some(ticks as f64 / if hz > 0 { hz as f64 } else { 100.0 })
+    if hz > 0 { hz } else { 100 }
 }
 
 /// The daemon and helper pids of runtime `rt` with `pods` running.
@@ -78,8 +83,7 @@ pub async fn measure(
         pods[0].len(),
         sets[0].len().saturating_sub(1),
         sets[1].len().saturating_sub(1),
-        // SAFETY: sysconf has no preconditions.
-        unsafe { libc::sysconf(libc::_SC_CLK_TCK) },
+        clock_ticks(),
     ));
     Ok(())
 }

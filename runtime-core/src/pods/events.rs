@@ -46,7 +46,6 @@ mod tests {
         let ev = Event {
             kind: EventKind::Stopped,
             id: "c1".into(),
-            is_sandbox: false,
             at_ns: 10,
             pod: Some(std::sync::Arc::new(sandbox("p1", SandboxState::Ready))),
             containers: vec![std::sync::Arc::new(c)],
@@ -72,7 +71,6 @@ mod tests {
         let ev = Event {
             kind: EventKind::Deleted,
             id: "p1".into(),
-            is_sandbox: true,
             at_ns: 1,
             pod: Some(std::sync::Arc::new(sandbox("p1", SandboxState::NotReady))),
             containers: vec![],

@@ -77,8 +77,6 @@ pub struct Event {
     /// The container's ID, or the pod's for an event of the sandbox itself (as containerd
     /// sends them).
     pub id: String,
-    /// Whether `id` names the pod sandbox itself.
-    pub is_sandbox: bool,
     /// When the change was made, Unix ns.
     pub at_ns: i64,
     /// The pod's record after the change (for the sandbox's own Deleted event, its last).
@@ -192,9 +190,9 @@ impl Store {
         let _order = lock(&self.publishing);
         let (id, ready) = (rec.id.clone(), rec.state == SandboxState::Ready);
         self.sandbox_map().insert(id.clone(), Entry::new(rec));
-        self.publish(EventKind::Created, &id, &id, true);
+        self.publish(EventKind::Created, &id, &id);
         if ready {
-            self.publish(EventKind::Started, &id, &id, true);
+            self.publish(EventKind::Started, &id, &id);
         }
     }
 
@@ -217,7 +215,7 @@ impl Store {
             (r.id.clone(), was, ready(r))
         };
         if was && !now {
-            self.publish(EventKind::Stopped, &id, &id, true);
+            self.publish(EventKind::Stopped, &id, &id);
         }
     }
 
@@ -231,7 +229,6 @@ impl Store {
             self.send(Event {
                 kind: EventKind::Deleted,
                 id: id.to_string(),
-                is_sandbox: true,
                 at_ns: super::now_ns(),
                 pod: Some(entry.snapshot()),
                 containers: Vec::new(),
@@ -244,7 +241,7 @@ impl Store {
         let _order = lock(&self.publishing);
         let (id, pod, state) = (rec.id.clone(), rec.pod_id.clone(), rec.state);
         self.container_map().insert(id.clone(), Entry::new(rec));
-        self.publish(EventKind::Created, &id, &pod, false);
+        self.publish(EventKind::Created, &id, &pod);
         self.published_moves(&id, &pod, Lifecycle::Created, state);
     }
 
@@ -293,7 +290,7 @@ impl Store {
             return;
         };
         let pod = entry.with(|c| c.pod_id.clone());
-        self.publish(EventKind::Deleted, id, &pod, false);
+        self.publish(EventKind::Deleted, id, &pod);
     }
 
     /// Publishes the events of a container moving from `was` to `now`.
@@ -301,16 +298,16 @@ impl Store {
         // A container that failed to start, or exited before its start was recorded, goes
         // from created to stopped.
         if was.rank() == 0 && now.rank() == 1 {
-            self.publish(EventKind::Started, id, pod, false);
+            self.publish(EventKind::Started, id, pod);
         }
         if was.rank() < 2 && now.rank() == 2 {
-            self.publish(EventKind::Stopped, id, pod, false);
+            self.publish(EventKind::Stopped, id, pod);
         }
     }
 
     /// Sends an event about `id` with pod `pod` as it is now, if anyone listens. Called
     /// with `publishing` held.
-    fn publish(&self, kind: EventKind, id: &str, pod: &str, is_sandbox: bool) {
+    fn publish(&self, kind: EventKind, id: &str, pod: &str) {
         if self.events.receiver_count() == 0 {
             return;
         }
@@ -324,7 +321,6 @@ impl Store {
         self.send(Event {
             kind,
             id: id.to_string(),
-            is_sandbox,
             at_ns: super::now_ns(),
             pod: pod_rec,
             containers,

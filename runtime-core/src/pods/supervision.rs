@@ -97,13 +97,13 @@ impl PodService {
 
     /// Watches the monitor of a ready pod, or handles its death if it is already gone.
     pub(crate) fn supervise_monitor(&self, pod_id: &str, pid: i32) {
-        if process_alive(pid) && is_monitor(pid) && self.inner.exit_watch.watch_monitor(pod_id, pid)
-        {
+        let alive = process_alive(pid) && is_monitor(pid);
+        if alive && self.inner.exit_watch.watch_monitor(pod_id, pid) {
             // Gone between the look and the watch: the pidfd of a dead process is readable
             // at once, so the watcher reports it.
             return;
         }
-        if !(process_alive(pid) && is_monitor(pid)) {
+        if !alive {
             self.spawn_monitor_died(pod_id.to_string(), pid);
         }
     }

@@ -49,14 +49,23 @@ pub struct ExecOutput {
 const MAX_EXEC_OUTPUT: usize = 16 << 20;
 
 impl OciRuntime {
+    /// The runtime binary and its global options (state root, JSON log to `log`): the
+    /// start of every runtime command line berth runs or has the monitor run.
+    fn global_argv(&self, log: &Path) -> Vec<String> {
+        vec![
+            self.path.display().to_string(),
+            "--root".into(),
+            self.root.display().to_string(),
+            "--log".into(),
+            log.display().to_string(),
+            "--log-format".into(),
+            "json".into(),
+        ]
+    }
+
     fn base(&self, log: &Path) -> Command {
         let mut c = Command::new(&self.path);
-        c.arg("--root")
-            .arg(&self.root)
-            .arg("--log")
-            .arg(log)
-            .arg("--log-format")
-            .arg("json")
+        c.args(&self.global_argv(log)[1..])
             .stdin(Stdio::null())
             .kill_on_drop(true);
         c
@@ -76,21 +85,15 @@ impl OciRuntime {
         log: &Path,
         console_socket: Option<&Path>,
     ) -> Vec<String> {
-        let mut argv = vec![
-            self.path.display().to_string(),
-            "--root".into(),
-            self.root.display().to_string(),
-            "--log".into(),
-            log.display().to_string(),
-            "--log-format".into(),
-            "json".into(),
+        let mut argv = self.global_argv(log);
+        argv.extend([
             "run".into(),
             "--detach".into(),
             "--bundle".into(),
             bundle.display().to_string(),
             "--pid-file".into(),
             pid_file.display().to_string(),
-        ];
+        ]);
         if let Some(sock) = console_socket {
             argv.push("--console-socket".into());
             argv.push(sock.display().to_string());
@@ -111,19 +114,13 @@ impl OciRuntime {
         cmd: &[String],
         console_socket: Option<&Path>,
     ) -> Vec<String> {
-        let mut argv = vec![
-            self.path.display().to_string(),
-            "--root".into(),
-            self.root.display().to_string(),
-            "--log".into(),
-            log.display().to_string(),
-            "--log-format".into(),
-            "json".into(),
+        let mut argv = self.global_argv(log);
+        argv.extend([
             "exec".into(),
             "--detach".into(),
             "--pid-file".into(),
             pid_file.display().to_string(),
-        ];
+        ]);
         if let Some(sock) = console_socket {
             argv.push("--tty".into());
             argv.push("--console-socket".into());

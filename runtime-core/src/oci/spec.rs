@@ -9,21 +9,22 @@
 //! do for `hostPath` volumes without a type), happens last, so a request it rejects writes
 //! nothing.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Once, OnceLock};
 
 use berth_cri::v1::{
-    ContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, MountPropagation,
-    NamespaceMode, PodSandboxConfig,
+    ContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext, NamespaceMode,
+    PodSandboxConfig,
 };
 use oci_spec::runtime::{
-    Capabilities, Capability, Linux, LinuxCapabilities, LinuxCpu, LinuxDevice, LinuxDeviceCgroup,
-    LinuxDeviceType, LinuxHugepageLimit, LinuxIdMapping, LinuxIdMappingBuilder, LinuxMemory,
-    LinuxNamespace, LinuxNamespaceType, LinuxResources, Mount, Process, Root, Spec, User,
+    Capabilities, Capability, Linux, LinuxCapabilities, LinuxCpu, LinuxHugepageLimit, LinuxMemory,
+    LinuxNamespace, LinuxNamespaceType, LinuxResources, Process, Root, Spec, User,
 };
 use tracing::warn;
 
+use super::devices::{default_device_rules, device_rule, devices};
+use super::mounts::{mounts, plan_cri_mounts};
 use super::{seccomp, user};
 use crate::image::spec::{ExecConfig, ImageConfig};
 
@@ -133,11 +134,6 @@ pub const DEFAULT_READONLY_PATHS: [&str; 5] = [
     "/proc/sysrq-trigger",
 ];
 
-/// Directories under a device directory that hold no devices of their own (containerd's
-/// list, for host devices of privileged containers and directory devices).
-const SKIPPED_DEVICE_DIRS: [&str; 7] =
-    ["pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"];
-
 /// How the container's PID namespace is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PidMode {
@@ -223,11 +219,11 @@ impl From<SpecError> for crate::Error {
     }
 }
 
-fn invalid(msg: impl Into<String>) -> SpecError {
+pub(super) fn invalid(msg: impl Into<String>) -> SpecError {
     SpecError::InvalidArgument(msg.into())
 }
 
-fn io_error(path: &Path, source: std::io::Error) -> SpecError {
+pub(super) fn io_error(path: &Path, source: std::io::Error) -> SpecError {
     SpecError::Io {
         path: path.to_path_buf(),
         source,
@@ -427,7 +423,7 @@ fn process_args(config: &ContainerConfig, exec: &ExecConfig) -> Result<Vec<Strin
 }
 
 /// Lexically checks an absolute in-container path: absolute, no NUL, no `..` component.
-fn check_container_path(field: &str, p: &str) -> Result<PathBuf, SpecError> {
+pub(super) fn check_container_path(field: &str, p: &str) -> Result<PathBuf, SpecError> {
     if !p.starts_with('/') {
         return Err(invalid(format!("{field} {p:?} must be absolute")));
     }
@@ -917,195 +913,6 @@ fn process_user(
     Ok(u)
 }
 
-fn device_rule(
-    allow: bool,
-    typ: Option<LinuxDeviceType>,
-    major: Option<i64>,
-    minor: Option<i64>,
-    access: &str,
-) -> LinuxDeviceCgroup {
-    let mut r = LinuxDeviceCgroup::default();
-    r.set_allow(allow);
-    r.set_typ(typ);
-    r.set_major(major);
-    r.set_minor(minor);
-    r.set_access(Some(access.to_string()));
-    r
-}
-
-/// Deny every device, then allow what every container needs (runc's defaults): `mknod` of
-/// any device, and `/dev/null`, `zero`, `full`, `random`, `urandom`, `tty`, the pty
-/// slaves and `/dev/ptmx`.
-fn default_device_rules() -> Vec<LinuxDeviceCgroup> {
-    use LinuxDeviceType::{B, C};
-    vec![
-        device_rule(false, None, None, None, "rwm"),
-        device_rule(true, Some(C), None, None, "m"),
-        device_rule(true, Some(B), None, None, "m"),
-        device_rule(true, Some(C), Some(1), Some(3), "rwm"),
-        device_rule(true, Some(C), Some(1), Some(5), "rwm"),
-        device_rule(true, Some(C), Some(1), Some(7), "rwm"),
-        device_rule(true, Some(C), Some(1), Some(8), "rwm"),
-        device_rule(true, Some(C), Some(1), Some(9), "rwm"),
-        device_rule(true, Some(C), Some(5), Some(0), "rwm"),
-        device_rule(true, Some(C), Some(136), None, "rwm"),
-        device_rule(true, Some(C), Some(5), Some(2), "rwm"),
-    ]
-}
-
-fn dev_major(rdev: u64) -> i64 {
-    (((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff)) as i64
-}
-
-fn dev_minor(rdev: u64) -> i64 {
-    ((rdev & 0xff) | ((rdev >> 12) & !0xff)) as i64
-}
-
-/// The device at `path` (not following symlinks), or `None` when it is not a character or
-/// block device.
-fn device_at(path: &Path, container_path: &Path) -> std::io::Result<Option<LinuxDevice>> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let meta = std::fs::symlink_metadata(path)?;
-    let ft = meta.file_type();
-    let typ = if ft.is_char_device() {
-        LinuxDeviceType::C
-    } else if ft.is_block_device() {
-        LinuxDeviceType::B
-    } else {
-        return Ok(None);
-    };
-    let mut d = LinuxDevice::default();
-    d.set_path(container_path.to_path_buf());
-    d.set_typ(typ);
-    d.set_major(dev_major(meta.rdev()));
-    d.set_minor(dev_minor(meta.rdev()));
-    d.set_file_mode(Some(meta.mode() & 0o7777));
-    d.set_uid(Some(meta.uid()));
-    d.set_gid(Some(meta.gid()));
-    Ok(Some(d))
-}
-
-/// Every device under the directory `dir`, mapped under `container_dir`, skipping the
-/// directories of [`SKIPPED_DEVICE_DIRS`], `console`, non-devices and entries that vanish
-/// while walking.
-fn devices_under(
-    dir: &Path,
-    container_dir: &Path,
-    depth: usize,
-    out: &mut Vec<LinuxDevice>,
-) -> Result<(), SpecError> {
-    if depth > 16 {
-        return Ok(());
-    }
-    let entries = std::fs::read_dir(dir).map_err(|e| io_error(dir, e))?;
-    for entry in entries {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_error(dir, e)),
-        };
-        let name = entry.file_name();
-        let path = entry.path();
-        let cpath = container_dir.join(&name);
-        let ft = match entry.file_type() {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(io_error(&path, e)),
-        };
-        if ft.is_dir() {
-            if SKIPPED_DEVICE_DIRS.iter().any(|s| name == *s) {
-                continue;
-            }
-            devices_under(&path, &cpath, depth + 1, out)?;
-            continue;
-        }
-        if name == "console" {
-            continue;
-        }
-        match device_at(&path, &cpath) {
-            Ok(Some(d)) => out.push(d),
-            Ok(None) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_error(&path, e)),
-        }
-    }
-    Ok(())
-}
-
-/// CRI devices (a device node or a directory of them) with their cgroup rules, plus, for
-/// privileged containers, every device of the host.
-fn devices(
-    config: &ContainerConfig,
-    privileged: bool,
-) -> Result<(Vec<LinuxDevice>, Vec<LinuxDeviceCgroup>), SpecError> {
-    let mut devices = Vec::new();
-    let mut rules = Vec::new();
-    for d in &config.devices {
-        if !d.host_path.starts_with('/') {
-            return Err(invalid(format!(
-                "device host_path {:?} must be absolute",
-                d.host_path
-            )));
-        }
-        let container_path = check_container_path("device container_path", &d.container_path)?;
-        let permissions = if d.permissions.is_empty() {
-            "rwm".to_string()
-        } else {
-            d.permissions.clone()
-        };
-        if !permissions.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
-            return Err(invalid(format!(
-                "device {:?} permissions {:?} must be made of r, w and m",
-                d.host_path, d.permissions
-            )));
-        }
-        let host = match std::fs::canonicalize(&d.host_path) {
-            Ok(p) => p,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SpecError::NotFound(format!(
-                    "device host_path {:?} not found",
-                    d.host_path
-                )));
-            }
-            Err(e) => return Err(io_error(Path::new(&d.host_path), e)),
-        };
-        let mut found = Vec::new();
-        let is_dir = std::fs::metadata(&host)
-            .map_err(|e| io_error(&host, e))?
-            .is_dir();
-        if is_dir {
-            devices_under(&host, &container_path, 0, &mut found)?;
-        } else {
-            match device_at(&host, &container_path).map_err(|e| io_error(&host, e))? {
-                Some(dev) => found.push(dev),
-                None => {
-                    return Err(invalid(format!(
-                        "device host_path {:?} is not a character or block device",
-                        d.host_path
-                    )));
-                }
-            }
-        }
-        for dev in found {
-            rules.push(device_rule(
-                true,
-                Some(dev.typ()),
-                Some(dev.major()),
-                Some(dev.minor()),
-                &permissions,
-            ));
-            devices.push(dev);
-        }
-    }
-    if privileged {
-        let mut host = Vec::new();
-        devices_under(Path::new("/dev"), Path::new("/dev"), 0, &mut host)?;
-        let taken: HashSet<PathBuf> = devices.iter().map(|d| d.path().clone()).collect();
-        devices.extend(host.into_iter().filter(|d| !taken.contains(d.path())));
-    }
-    Ok((devices, rules))
-}
-
 /// Namespaces: a new mount namespace and (unless privileged, as containerd) cgroup
 /// namespace; the pod's network, IPC and UTS namespaces by path, or the host's when
 /// absent; the PID namespace per [`PidMode`].
@@ -1138,256 +945,6 @@ fn namespaces(inputs: &SpecInputs, privileged: bool) -> Vec<LinuxNamespace> {
         out.push(ns(LinuxNamespaceType::Cgroup, None));
     }
     out
-}
-
-fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
-    let mut m = Mount::default();
-    m.set_destination(PathBuf::from(dest));
-    m.set_typ(Some(typ.to_string()));
-    m.set_source(Some(PathBuf::from(source)));
-    m.set_options(Some(options.iter().map(|o| o.to_string()).collect()));
-    m
-}
-
-/// The mounts every container gets (containerd's defaults without `/run`).
-fn default_mounts(privileged: bool) -> Vec<Mount> {
-    let rw = if privileged { "rw" } else { "ro" };
-    vec![
-        mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
-        mount(
-            "/dev",
-            "tmpfs",
-            "tmpfs",
-            &["nosuid", "strictatime", "mode=755", "size=65536k"],
-        ),
-        mount(
-            "/dev/pts",
-            "devpts",
-            "devpts",
-            &[
-                "nosuid",
-                "noexec",
-                "newinstance",
-                "ptmxmode=0666",
-                "mode=0620",
-                "gid=5",
-            ],
-        ),
-        mount(
-            "/dev/shm",
-            "tmpfs",
-            "shm",
-            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        ),
-        mount(
-            "/dev/mqueue",
-            "mqueue",
-            "mqueue",
-            &["nosuid", "noexec", "nodev"],
-        ),
-        mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", rw]),
-        mount(
-            "/sys/fs/cgroup",
-            "cgroup",
-            "cgroup",
-            &["nosuid", "noexec", "nodev", "relatime", rw],
-        ),
-    ]
-}
-
-/// A CRI mount after validation, before its source is looked at.
-#[derive(Debug)]
-struct PlannedMount {
-    destination: PathBuf,
-    host_path: PathBuf,
-    options: Vec<String>,
-    propagation: MountPropagation,
-    uid_mappings: Vec<LinuxIdMapping>,
-    gid_mappings: Vec<LinuxIdMapping>,
-}
-
-fn id_mappings(m: &[berth_cri::v1::IdMapping]) -> Result<Vec<LinuxIdMapping>, SpecError> {
-    m.iter()
-        .map(|m| {
-            LinuxIdMappingBuilder::default()
-                .host_id(m.host_id)
-                .container_id(m.container_id)
-                .size(m.length)
-                .build()
-                .map_err(|e| invalid(format!("mount id mapping: {e}")))
-        })
-        .collect()
-}
-
-/// Validates the CRI mounts: absolute paths, propagation, read-only flags.
-fn plan_cri_mounts(config: &ContainerConfig) -> Result<Vec<PlannedMount>, SpecError> {
-    let mut out = Vec::with_capacity(config.mounts.len());
-    for m in &config.mounts {
-        let destination = check_container_path("mount container_path", &m.container_path)?;
-        if m.host_path.is_empty() && m.image.is_some() {
-            return Err(invalid(format!(
-                "mount {:?}: image volume mounts are not supported",
-                m.container_path
-            )));
-        }
-        if !m.host_path.starts_with('/') || m.host_path.contains('\0') {
-            return Err(invalid(format!(
-                "mount host_path {:?} (for {:?}) must be absolute",
-                m.host_path, m.container_path
-            )));
-        }
-        let propagation = MountPropagation::try_from(m.propagation).unwrap_or_else(|_| {
-            warn!(
-                host_path = %m.host_path,
-                propagation = m.propagation,
-                "unknown mount propagation; using private"
-            );
-            MountPropagation::PropagationPrivate
-        });
-        let mut options = vec!["rbind".to_string()];
-        options.push(
-            match propagation {
-                MountPropagation::PropagationPrivate => "rprivate",
-                MountPropagation::PropagationHostToContainer => "rslave",
-                MountPropagation::PropagationBidirectional => "rshared",
-            }
-            .to_string(),
-        );
-        if m.recursive_read_only {
-            if !m.readonly {
-                return Err(invalid(format!(
-                    "mount {:?}: recursive_read_only needs readonly",
-                    m.container_path
-                )));
-            }
-            if propagation != MountPropagation::PropagationPrivate {
-                return Err(invalid(format!(
-                    "mount {:?}: recursive_read_only needs private propagation",
-                    m.container_path
-                )));
-            }
-            options.push("rro".to_string());
-        } else {
-            options.push(if m.readonly { "ro" } else { "rw" }.to_string());
-        }
-        out.push(PlannedMount {
-            destination,
-            host_path: PathBuf::from(&m.host_path),
-            options,
-            propagation,
-            uid_mappings: id_mappings(&m.uid_mappings)?,
-            gid_mappings: id_mappings(&m.gid_mappings)?,
-        });
-    }
-    Ok(out)
-}
-
-fn depth(p: &Path) -> usize {
-    p.components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .count()
-}
-
-/// All mounts, parents before children: the defaults, the pod's files and `/dev/shm`, and
-/// the CRI mounts, which replace any other at the same destination (a CRI `/dev` replaces
-/// every default under `/dev`). Missing CRI mount sources are created as directories and
-/// symlinked ones resolved. Also returns the rootfs propagation the mounts need.
-fn mounts(
-    inputs: &SpecInputs,
-    sc: &LinuxContainerSecurityContext,
-    privileged: bool,
-    planned: Vec<PlannedMount>,
-) -> Result<(Vec<Mount>, Option<String>), SpecError> {
-    let cri_dests: HashSet<PathBuf> = planned.iter().map(|m| m.destination.clone()).collect();
-
-    // The pod's files, unless the request mounts its own at the same place.
-    let ro_or_rw = if sc.readonly_rootfs { "ro" } else { "rw" };
-    let mut extra = Vec::new();
-    for (dest, src, mode) in [
-        ("/etc/hostname", &inputs.hostname_file, ro_or_rw),
-        ("/etc/hosts", &inputs.hosts_file, ro_or_rw),
-        ("/etc/resolv.conf", &inputs.resolv_conf, ro_or_rw),
-        ("/dev/shm", &inputs.shm, "rw"),
-    ] {
-        let Some(src) = src else { continue };
-        if cri_dests.contains(Path::new(dest)) {
-            continue;
-        }
-        match std::fs::symlink_metadata(src) {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                warn!(source = %src.display(), destination = dest, "pod file is missing; not mounted");
-                continue;
-            }
-            Err(e) => return Err(io_error(src, e)),
-        }
-        let src = src.to_string_lossy();
-        extra.push(mount(dest, "bind", &src, &["rbind", "rprivate", mode]));
-    }
-
-    let taken: HashSet<PathBuf> = cri_dests
-        .iter()
-        .cloned()
-        .chain(extra.iter().map(|m| m.destination().clone()))
-        .collect();
-    let dev_replaced = cri_dests.contains(Path::new("/dev"));
-    let mut all: Vec<Mount> = default_mounts(privileged)
-        .into_iter()
-        .filter(|m| {
-            let d = m.destination();
-            let under_replaced_dev =
-                dev_replaced && d.starts_with("/dev") && d != Path::new("/dev");
-            !taken.contains(d) && !under_replaced_dev
-        })
-        .collect();
-    all.append(&mut extra);
-
-    // Validation is over: from here on host directories may be created.
-    let mut propagation: Option<String> = None;
-    for p in planned {
-        let source = bind_source(&p.host_path)?;
-        match p.propagation {
-            MountPropagation::PropagationBidirectional => propagation = Some("rshared".into()),
-            MountPropagation::PropagationHostToContainer => {
-                if propagation.is_none() {
-                    propagation = Some("rslave".into());
-                }
-            }
-            MountPropagation::PropagationPrivate => {}
-        }
-        let mut m = Mount::default();
-        m.set_destination(p.destination);
-        m.set_typ(Some("bind".into()));
-        m.set_source(Some(source));
-        m.set_options(Some(p.options));
-        if !p.uid_mappings.is_empty() {
-            m.set_uid_mappings(Some(p.uid_mappings));
-        }
-        if !p.gid_mappings.is_empty() {
-            m.set_gid_mappings(Some(p.gid_mappings));
-        }
-        all.push(m);
-    }
-    all.sort_by_key(|m| depth(m.destination()));
-    Ok((all, propagation))
-}
-
-/// A bind-mount source: created as a 0755 directory when missing (containerd, CRI-O), with
-/// symlinks resolved (CRI asks for the link's target to be mounted).
-fn bind_source(host_path: &Path) -> Result<PathBuf, SpecError> {
-    match std::fs::symlink_metadata(host_path) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(host_path)
-                .map_err(|e| io_error(host_path, e))?;
-        }
-        Err(e) => return Err(io_error(host_path, e)),
-    }
-    std::fs::canonicalize(host_path).map_err(|e| io_error(host_path, e))
 }
 
 /// The request's annotations plus containerd's CRI annotations.
@@ -1429,6 +986,8 @@ fn annotations(inputs: &SpecInputs) -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oci::mounts::depth;
+    use berth_cri::v1::MountPropagation;
     use berth_cri::v1::{
         Capability as CriCapability, ContainerMetadata, Device, HugepageLimit, ImageSpec,
         Int64Value, KeyValue, LinuxContainerConfig, LinuxPodSandboxConfig,
@@ -1436,6 +995,7 @@ mod tests {
         SecurityProfile, UserNamespace, security_profile::ProfileType,
     };
     use oci_spec::runtime::LinuxSeccompAction;
+    use oci_spec::runtime::{LinuxDeviceType, Mount};
     use std::fs;
 
     /// Owns everything a [`SpecInputs`] borrows.

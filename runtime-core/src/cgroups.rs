@@ -98,6 +98,23 @@ impl Layout {
         })
     }
 
+    /// The names of the cgroups directly below `path`, in any hierarchy (none when `path`
+    /// is invalid or does not exist).
+    pub fn children(&self, path: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .dirs(path)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|d| fs::read_dir(d).ok())
+            .flat_map(|rd| rd.flatten())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// The file reporting OOM kills of cgroup `path`: v1 `memory.oom_control`, v2
     /// `memory.events` (both carry an `oom_kill N` line).
     pub fn oom_file(&self, path: &str) -> Result<Option<PathBuf>> {
@@ -306,6 +323,23 @@ mod tests {
         remove(&created);
         assert!(!kubepods.join("pod1").exists());
         assert!(kubepods.exists());
+    }
+
+    #[test]
+    fn children_are_the_union_over_hierarchies() {
+        let d = tempfile::tempdir().unwrap();
+        let (cpu, mem) = (d.path().join("cpu"), d.path().join("memory"));
+        fs::create_dir_all(cpu.join("berth/a")).unwrap();
+        fs::create_dir_all(cpu.join("berth/b")).unwrap();
+        fs::create_dir_all(mem.join("berth/b")).unwrap();
+        fs::create_dir_all(mem.join("berth/c")).unwrap();
+        fs::write(mem.join("berth/memory.limit_in_bytes"), "1").unwrap();
+        let layout = Layout::V1 {
+            hierarchies: vec![cpu, mem],
+        };
+        assert_eq!(layout.children("/berth"), ["a", "b", "c"]);
+        assert!(layout.children("/missing").is_empty());
+        assert!(layout.children("/../etc").is_empty());
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod exitwatch;
 mod imagevolumes;
 mod lists;
 pub mod metrics;
+mod orphans;
 mod portforward;
 pub mod records;
 pub mod sandbox;
@@ -289,77 +290,6 @@ impl PodService {
             }
         }
         self.remove_orphans(&known_pods, &known_ctrs);
-    }
-
-    /// Removes what a crash in the middle of a create left without a record: container
-    /// bundles (with their rootfs mounts) and pod directories (with pinned namespaces and
-    /// shm). Only names that look like berth's IDs are touched.
-    fn remove_orphans(&self, pods: &HashSet<String>, ctrs: &HashSet<String>) {
-        let opts = &self.inner.opts;
-        let is_id = |n: &str| n.len() == 64 && n.bytes().all(|b| b.is_ascii_hexdigit());
-        let scan = |dir: &Path| -> Vec<String> {
-            std::fs::read_dir(dir)
-                .map(|rd| {
-                    rd.flatten()
-                        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                        .filter(|n| is_id(n))
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        for id in scan(&opts.state.join("containers")) {
-            if !ctrs.contains(&id) {
-                let bundle = opts.state.join("containers").join(&id);
-                tracing::warn!(container = %id, "removing bundle left by an interrupted create");
-                crate::sandbox::files::unmount(&bundle.join("rootfs"));
-                imagevolumes::unmount_all(&bundle);
-                let _ = crate::fsutil::remove_all(&bundle);
-            }
-        }
-        for id in scan(&opts.root.join("containers")) {
-            if !ctrs.contains(&id) {
-                let _ = crate::fsutil::remove_all(&opts.root.join("containers").join(&id));
-            }
-        }
-        let pod_dirs: HashSet<String> = pods
-            .iter()
-            .map(|p| p[..12.min(p.len())].to_string())
-            .collect();
-        let short_ids: Vec<String> = std::fs::read_dir(opts.state.join("pods"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .filter(|n| n.len() == 12 && n.bytes().all(|b| b.is_ascii_hexdigit()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        for id in short_ids {
-            if pod_dirs.contains(&id) {
-                continue;
-            }
-            let dir = opts.state.join("pods").join(&id);
-            tracing::warn!(pod = %id, "removing pod directory left by an interrupted RunPodSandbox");
-            for ns in ["net", "ipc", "uts"] {
-                crate::sandbox::ns::unpin_path(&dir.join("ns").join(ns));
-            }
-            crate::sandbox::files::unmount(&dir.join("shm"));
-            for pidfile in ["monitor.pid", "pause.pid"] {
-                let pid = std::fs::read_to_string(dir.join(pidfile))
-                    .ok()
-                    .and_then(|p| p.trim().parse::<i32>().ok());
-                if let Some(pid) = pid
-                    && pid > 1
-                    && sandbox::process_alive(pid)
-                    && is_monitor(pid)
-                {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-            let _ = crate::fsutil::remove_all(&dir);
-        }
     }
 
     pub(crate) fn sandbox(&self, id: &str) -> Result<Arc<Entry<SandboxRecord>>> {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use e2e::cri_api::{ContainerState, PodSandboxState};
 use e2e::pods::{PodEnv, TERM_TRAP_LOOP, mounts_under, now_ns, pid_alive, processes_mentioning};
 use e2e::poll_until;
@@ -240,5 +240,83 @@ async fn stopped_pod_stays_stopped_after_a_berthd_kill() -> Result<()> {
         env.remove_pod(id).await?;
         env.assert_pod_gone(id, "").await;
     }
+    Ok(())
+}
+
+/// A crash of berthd between making a pod's cgroup (below the default cgroup parent) and
+/// saving its record leaves the pod's directory and cgroup without a record: the next
+/// start removes both, with what runs in the cgroup, and nothing else under the parent.
+#[tokio::test(flavor = "multi_thread")]
+async fn cgroups_of_an_interrupted_run_pod_sandbox_are_removed_at_start() -> Result<()> {
+    let parent = format!("/{}", e2e::pods::unique("berth-orphans"));
+    let extra = format!("[runtime]\ndefault_cgroup_parent = \"{parent}\"\n");
+    let mut env = PodEnv::with_busybox_options(|mut o| {
+        o.extra_config = extra;
+        o
+    })
+    .await?;
+    env.berthd.kill9()?;
+    let id = "ab12cd34ef56".repeat(5) + "0123";
+    let foreign = format!("{parent}/{}", "f".repeat(64));
+    let pod_cg = format!("{parent}/{id}");
+    let child_cg = format!("{pod_cg}/{}", "9".repeat(64));
+    std::fs::create_dir_all(env.berthd.state().join("pods").join(&id[..12]))?;
+    // A process in the leftover cgroup, in every hierarchy, as runc puts one.
+    let mut sleeper = std::process::Command::new("sleep").arg("86398").spawn()?;
+    let sleeper_pid = i32::try_from(sleeper.id())?;
+    let outcome = async {
+        for root in e2e::pods::cgroup_dirs_existing("/") {
+            for cg in [&foreign, &pod_cg, &child_cg] {
+                let dir = root.join(cg.trim_start_matches('/'));
+                std::fs::create_dir_all(&dir)?;
+                // cpuset takes no process before its cpus and mems are set.
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    if let Ok(v) = std::fs::read_to_string(root.join(f)) {
+                        std::fs::write(dir.join(f), v.trim())?;
+                    }
+                }
+            }
+            let procs = root
+                .join(child_cg.trim_start_matches('/'))
+                .join("cgroup.procs");
+            std::fs::write(&procs, sleeper_pid.to_string())
+                .with_context(|| format!("moving the sleeper into {}", procs.display()))?;
+        }
+        env.berthd.launch().await?;
+        env.reconnect().await?;
+        poll_until(
+            Duration::from_secs(10),
+            "the leftover's process to die",
+            || {
+                let exited = sleeper.try_wait().ok().flatten().is_some();
+                async move { Ok(exited.then_some(())) }
+            },
+        )
+        .await
+    }
+    .await;
+    if outcome.is_err() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(sleeper_pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = sleeper.wait();
+    }
+    let left = e2e::pods::cgroup_dirs_existing(&pod_cg);
+    let foreign_kept = e2e::pods::cgroup_dirs_existing(&foreign);
+    let pod_dir_left = env.berthd.state().join("pods").join(&id[..12]).exists();
+    drop(env);
+    for cg in [&child_cg, &pod_cg, &foreign, &parent] {
+        for d in e2e::pods::cgroup_dirs_existing(cg) {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+    outcome?;
+    assert!(left.is_empty(), "the pod's cgroups are removed: {left:?}");
+    assert!(!pod_dir_left, "the pod directory is removed");
+    assert!(
+        !foreign_kept.is_empty(),
+        "a cgroup of no pod directory of berth's is kept"
+    );
     Ok(())
 }

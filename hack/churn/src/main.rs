@@ -1,11 +1,13 @@
 //! berth-churn: N pod lifecycles (RunPodSandbox, CreateContainer, StartContainer, ExecSync,
 //! StopContainer, RemoveContainer, StopPodSandbox, RemovePodSandbox) on several workers at
-//! once while berthd is killed with SIGKILL at random moments and restarted, and now and
-//! then a pod's monitor is killed too. A worker whose call fails does what kubelet does:
-//! it tears the pod down (retrying until berthd answers) and goes on. At the end berthd is
-//! restarted, every pod it lists is removed, and the host is searched for anything berth
-//! left: mounts, pinned namespaces, veths, IPAM reservations, cgroups, processes, bundles,
-//! pod and container directories and records. Any leak, or a pod that cannot be removed,
+//! once while berthd is killed with SIGKILL at random moments and restarted, now and then
+//! a pod's monitor is killed too, and a puller pulls and removes images of its own (so
+//! kills land in pulls and image removals as well). A worker whose call fails does what
+//! kubelet does: it tears the pod down (retrying until berthd answers) and goes on. At the
+//! end berthd is restarted, every pod it lists and the puller's images are removed, and the
+//! host is searched for anything berth left: mounts, pinned namespaces, veths, IPAM
+//! reservations, cgroups, processes, bundles, pod and container directories and records,
+//! and layers or blobs of the removed images. Any leak, or a pod that cannot be removed,
 //! fails the run.
 //!
 //! Everything runs on the e2e harness: its own registry on 127.0.0.1, its own berthd with
@@ -13,6 +15,7 @@
 
 mod chaos;
 mod leaks;
+mod pulls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -77,6 +80,10 @@ async fn run(args: Args) -> Result<()> {
     .await
     .context("starting the registry and berthd")?;
     let scan = leaks::Scope::of(&env, &cgroup_parent);
+    let pull_refs = pulls::prepare(&env)
+        .await
+        .context("pushing the puller's images")?;
+    let store_before = pulls::StoreSnapshot::take(&env.berthd.root());
     let env: Env = Arc::new(RwLock::new(env));
     let started = Instant::now();
     let tally = Arc::new(Tally::default());
@@ -91,6 +98,14 @@ async fn run(args: Args) -> Result<()> {
             Arc::clone(&stop_chaos),
         ))
     });
+    let pull_tally = Arc::new(pulls::PullTally::default());
+    let stop_puller = Arc::new(tokio::sync::Notify::new());
+    let puller = tokio::spawn(pulls::run(
+        Arc::clone(&env),
+        pull_refs.clone(),
+        Arc::clone(&pull_tally),
+        Arc::clone(&stop_puller),
+    ));
     let workers: Vec<_> = (0..args.workers.max(1))
         .map(|w| {
             let (env, tally, next) = (Arc::clone(&env), Arc::clone(&tally), Arc::clone(&next));
@@ -109,6 +124,8 @@ async fn run(args: Args) -> Result<()> {
     for w in workers {
         w.await.context("a worker panicked")?;
     }
+    stop_puller.notify_one();
+    puller.await.context("the puller panicked")?;
     stop_chaos.notify_one();
     // A failed chaos task (berthd would not start again) still gets the clean-up below.
     let (kills, chaos_error) = match chaos {
@@ -131,7 +148,8 @@ async fn run(args: Args) -> Result<()> {
     chaos::restart(&mut env)
         .await
         .context("the final restart")?;
-    let unremovable = remove_everything(&env).await;
+    let mut unremovable = remove_everything(&env).await;
+    unremovable.extend(pulls::remove_all(&env, &pull_refs).await);
     chaos::restart(&mut env)
         .await
         .context("the restart after removal")?;
@@ -140,7 +158,8 @@ async fn run(args: Args) -> Result<()> {
         .await
         .map(|p| p.len())
         .unwrap_or(usize::MAX);
-    let found = scan.search(&env).await;
+    let mut found = scan.search(&env).await;
+    found.extend(pulls::StoreSnapshot::take(&env.berthd.root()).beyond(&store_before));
     // berthd's cgroup warm-up thread sits in the cgroup parent while berthd runs.
     drop(env);
     leaks::cleanup_cgroup_parent(&cgroup_parent);
@@ -162,6 +181,12 @@ async fn run(args: Args) -> Result<()> {
         kills.berthd,
         kills.monitors,
         tally.slowest_stop_ms.load(Ordering::SeqCst)
+    );
+    println!(
+        "  pulls during the churn: {} completed, {} failed, {} images removed",
+        pull_tally.pulled.load(Ordering::SeqCst),
+        pull_tally.failed.load(Ordering::SeqCst),
+        pull_tally.removed.load(Ordering::SeqCst)
     );
     println!("  pods listed after the clean-up and a restart: {left}");
     for u in &unremovable {

@@ -1,5 +1,5 @@
-//! The CRI ImageService: each RPC maps onto one `runtime_core::image::ImageService` call,
-//! except StreamImages (1.36), which answers Unimplemented.
+//! The CRI ImageService: each RPC maps onto one `runtime_core::image::ImageService` call;
+//! StreamImages (1.36) is ListImages cut into batches (see `lists`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -96,13 +96,23 @@ impl cri::image_service_server::ImageService for ImageApi {
         }))
     }
 
-    type StreamImagesStream = crate::runtime::NoStream<cri::StreamImagesResponse>;
+    type StreamImagesStream = crate::lists::ListStream<cri::StreamImagesResponse>;
 
     async fn stream_images(
         &self,
-        _request: Request<cri::StreamImagesRequest>,
+        request: Request<cri::StreamImagesRequest>,
     ) -> Result<Response<Self::StreamImagesStream>, Status> {
-        Err(crate::runtime::unimplemented("StreamImages"))
+        let req = request.into_inner();
+        let filter = req.filter.and_then(|f| f.image).map(|s| s.image);
+        let store = self.images.clone();
+        let images = self
+            .work
+            .blocking(move || store.list(filter.as_deref()))
+            .await?;
+        let images = images.iter().map(to_cri_image).collect();
+        Ok(Response::new(crate::lists::batched(images, |images| {
+            cri::StreamImagesResponse { images }
+        })))
     }
 
     async fn image_status(

@@ -4,6 +4,7 @@
 mod authority;
 mod events;
 mod image;
+mod lists;
 mod metrics;
 mod runtime;
 mod socket;

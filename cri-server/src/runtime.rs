@@ -1,7 +1,7 @@
 //! The CRI RuntimeService: each RPC maps onto one `runtime_core::pods::PodService` call.
 //! Exec, Attach and PortForward check the request and answer a URL on the streaming
-//! server. CheckpointContainer, UpdatePodSandboxResources and the streamed lists of 1.36
-//! (Stream*) are not implemented yet and answer Unimplemented.
+//! server. The streamed lists of 1.36 (Stream*) are the unary lists cut into batches (see
+//! `lists`). CheckpointContainer is not implemented yet and answers Unimplemented.
 
 use std::collections::HashMap;
 
@@ -9,6 +9,7 @@ use berth_cri::v1 as cri;
 use runtime_core::pods::PodService;
 use tonic::{Request, Response, Status};
 
+use crate::lists::{ListStream, batched, warn_if_too_large};
 use crate::status::IntoStatus;
 use crate::streaming::{AttachTarget, ExecTarget, Pending, Streaming};
 use crate::work::Work;
@@ -80,8 +81,9 @@ pub(crate) fn unimplemented(rpc: &str) -> Status {
     Status::unimplemented(format!("{rpc} is not implemented by berth yet"))
 }
 
-/// Stream type of the streamed RPCs berth answers Unimplemented (it is never sent).
-pub(crate) type NoStream<T> = futures_util::stream::Empty<Result<T, Status>>;
+/// Lists shorter than this cannot reach the clients' 16 MiB limit (a CRI container or pod
+/// is at most a few KiB with kubelet's labels and annotations): not worth sizing.
+const LARGE_LIST: usize = 2000;
 
 #[tonic::async_trait]
 impl cri::runtime_service_server::RuntimeService for RuntimeApi {
@@ -228,9 +230,18 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::ListPodSandboxRequest>,
     ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
         let req = request.into_inner();
-        Ok(Response::new(cri::ListPodSandboxResponse {
+        let answer = cri::ListPodSandboxResponse {
             items: self.pods.list_pod_sandbox(req.filter.as_ref()),
-        }))
+        };
+        if answer.items.len() > LARGE_LIST {
+            warn_if_too_large(
+                "ListPodSandbox",
+                "StreamPodSandboxes",
+                &answer,
+                answer.items.len(),
+            );
+        }
+        Ok(Response::new(answer))
     }
 
     async fn create_container(
@@ -295,9 +306,18 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
         let req = request.into_inner();
-        Ok(Response::new(cri::ListContainersResponse {
+        let answer = cri::ListContainersResponse {
             containers: self.pods.list_containers(req.filter.as_ref()),
-        }))
+        };
+        if answer.containers.len() > LARGE_LIST {
+            warn_if_too_large(
+                "ListContainers",
+                "StreamContainers",
+                &answer,
+                answer.containers.len(),
+            );
+        }
+        Ok(Response::new(answer))
     }
 
     async fn container_status(
@@ -523,47 +543,74 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
         Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))
     }
 
-    // The streamed lists of 1.36 (KEP-5825, kubelet feature gate CRIListStreaming); kubelet
-    // uses the unary List RPCs unless the gate is on.
-    type StreamPodSandboxesStream = NoStream<cri::StreamPodSandboxesResponse>;
-    type StreamContainersStream = NoStream<cri::StreamContainersResponse>;
-    type StreamContainerStatsStream = NoStream<cri::StreamContainerStatsResponse>;
-    type StreamPodSandboxStatsStream = NoStream<cri::StreamPodSandboxStatsResponse>;
-    type StreamPodSandboxMetricsStream = NoStream<cri::StreamPodSandboxMetricsResponse>;
+    // The streamed lists of 1.36 (KEP-5825, kubelet feature gate CRIListStreaming): the
+    // unary answers cut into batches (see `lists`).
+    type StreamPodSandboxesStream = ListStream<cri::StreamPodSandboxesResponse>;
+    type StreamContainersStream = ListStream<cri::StreamContainersResponse>;
+    type StreamContainerStatsStream = ListStream<cri::StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = ListStream<cri::StreamPodSandboxStatsResponse>;
+    type StreamPodSandboxMetricsStream = ListStream<cri::StreamPodSandboxMetricsResponse>;
 
     async fn stream_pod_sandboxes(
         &self,
-        _request: Request<cri::StreamPodSandboxesRequest>,
+        request: Request<cri::StreamPodSandboxesRequest>,
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
-        Err(unimplemented("StreamPodSandboxes"))
+        let req = request.into_inner();
+        let items = self.pods.list_pod_sandbox(req.filter.as_ref());
+        Ok(Response::new(batched(items, |pod_sandboxes| {
+            cri::StreamPodSandboxesResponse { pod_sandboxes }
+        })))
     }
 
     async fn stream_containers(
         &self,
-        _request: Request<cri::StreamContainersRequest>,
+        request: Request<cri::StreamContainersRequest>,
     ) -> Result<Response<Self::StreamContainersStream>, Status> {
-        Err(unimplemented("StreamContainers"))
+        let req = request.into_inner();
+        let items = self.pods.list_containers(req.filter.as_ref());
+        Ok(Response::new(batched(items, |containers| {
+            cri::StreamContainersResponse { containers }
+        })))
     }
 
     async fn stream_container_stats(
         &self,
-        _request: Request<cri::StreamContainerStatsRequest>,
+        request: Request<cri::StreamContainerStatsRequest>,
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
-        Err(unimplemented("StreamContainerStats"))
+        let req = request.into_inner();
+        let items = self
+            .blocking(move |pods| Ok(pods.list_container_stats(req.filter.as_ref())))
+            .await?;
+        Ok(Response::new(batched(items, |container_stats| {
+            cri::StreamContainerStatsResponse { container_stats }
+        })))
     }
 
     async fn stream_pod_sandbox_stats(
         &self,
-        _request: Request<cri::StreamPodSandboxStatsRequest>,
+        request: Request<cri::StreamPodSandboxStatsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
-        Err(unimplemented("StreamPodSandboxStats"))
+        let req = request.into_inner();
+        let items = self
+            .blocking(move |pods| Ok(pods.list_pod_sandbox_stats(req.filter.as_ref())))
+            .await?;
+        Ok(Response::new(batched(items, |pod_sandbox_stats| {
+            cri::StreamPodSandboxStatsResponse { pod_sandbox_stats }
+        })))
     }
 
     async fn stream_pod_sandbox_metrics(
         &self,
         _request: Request<cri::StreamPodSandboxMetricsRequest>,
     ) -> Result<Response<Self::StreamPodSandboxMetricsStream>, Status> {
-        Err(unimplemented("StreamPodSandboxMetrics"))
+        let items = self
+            .blocking(|pods| Ok(pods.list_pod_sandbox_metrics()))
+            .await?;
+        Ok(Response::new(batched(items, |pod_sandbox_metrics| {
+            cri::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            }
+        })))
     }
 
     type GetContainerEventsStream = crate::events::EventStream;

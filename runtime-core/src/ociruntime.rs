@@ -167,6 +167,9 @@ impl OciRuntime {
 
     /// `delete --force`; a container the runtime does not know is not an error.
     pub async fn delete(&self, id: &str, log: &Path) -> Result<()> {
+        if !self.knows(id) {
+            return Ok(());
+        }
         match self
             .run("delete", id, log, &["delete", "--force", id])
             .await
@@ -175,6 +178,20 @@ impl OciRuntime {
             Err(e) if unknown_container(&e) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// False when the runtime certainly has no state of container `id`: runc, crun and
+    /// youki keep it in `<root>/<id>`, and after a reboot (the root is on /run) or once
+    /// deleted it is gone. Saves a runtime start (about 8 ms of runc) per RemoveContainer
+    /// of such containers, thousands of them on a node that rebooted with many exited.
+    /// Other runtimes are always asked.
+    fn knows(&self, id: &str) -> bool {
+        let keeps_state_dir = self
+            .path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| ["runc", "crun", "youki"].contains(&n));
+        !keeps_state_dir || id.is_empty() || id.contains('/') || self.root.join(id).exists()
     }
 
     /// `state`; `None` when the runtime does not know the container.
@@ -375,6 +392,34 @@ mod tests {
             failure_message(&d.path().join("none"), b"", Some(3)),
             "exited with code 3"
         );
+    }
+
+    #[tokio::test]
+    async fn delete_of_a_container_without_runtime_state_runs_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let runtime = |bin: &str| OciRuntime {
+            name: "h".into(),
+            path: PathBuf::from(bin),
+            root: d.path().to_path_buf(),
+            call_timeout: Duration::from_secs(5),
+        };
+        // The binary does not exist: any call would fail, so Ok means nothing ran.
+        let runc = runtime("/nonexistent/bin/runc");
+        let log = d.path().join("log.json");
+        assert!(!runc.knows("abc"));
+        runc.delete("abc", &log).await.unwrap();
+        std::fs::create_dir(d.path().join("abc")).unwrap();
+        assert!(runc.knows("abc"));
+        assert!(
+            runc.delete("abc", &log).await.is_err(),
+            "a known container is deleted by the runtime"
+        );
+        let other = runtime("/nonexistent/bin/kata-runtime");
+        assert!(
+            other.knows("xyz"),
+            "runtimes of other layouts are always asked"
+        );
+        assert!(runc.knows("../x"));
     }
 
     #[test]

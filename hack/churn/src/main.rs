@@ -14,6 +14,7 @@
 //! temporary root and state directories, socket, CNI network and cgroup parent.
 
 mod chaos;
+mod huge;
 mod leaks;
 mod pulls;
 
@@ -42,6 +43,10 @@ struct Args {
     /// One berthd kill in this many also kills a random pod monitor (0: never).
     #[arg(long, default_value_t = 3)]
     monitor_kill_ratio: u64,
+    /// Instead of the churn: a node with this many exited containers (start-up time,
+    /// memory per record, list sizes and latencies; see huge.rs).
+    #[arg(long, default_value_t = 0)]
+    exited_containers: usize,
 }
 
 /// What the workers saw.
@@ -58,7 +63,12 @@ type Env = Arc<RwLock<PodEnv>>;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    match run(args).await {
+    let result = if args.exited_containers > 0 {
+        huge::run(args.exited_containers).await
+    } else {
+        run(args).await
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("berth-churn: {e:#}");

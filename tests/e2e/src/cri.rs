@@ -84,7 +84,9 @@ impl Cri {
     pub async fn connect(socket: &Path) -> Result<Cri> {
         let ch = connect_channel(socket).await?;
         Ok(Cri {
-            runtime: RuntimeServiceClient::new(ch.clone()),
+            // kubelet's receive limit (pkg/kubelet/cri/remote: maxMsgSize), so that a list
+            // kubelet would refuse is refused here too.
+            runtime: RuntimeServiceClient::new(ch.clone()).max_decoding_message_size(16 << 20),
             images: ImageServiceClient::new(ch)
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),

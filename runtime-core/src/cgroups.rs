@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::{Error, Result};
 
 mod detail;
+pub mod psi;
 pub use detail::{CgroupDetail, IoDevice};
 
 /// The cgroup filesystem layout of the host.

@@ -14,6 +14,7 @@ use super::records::{ContainerRecord, SandboxRecord};
 use super::{PodService, labels_match, now_ns};
 use crate::Result;
 use crate::cgroups::CgroupStats;
+use crate::cgroups::psi::Pressure;
 
 /// How long a writable-layer measurement is reused.
 const LAYER_USAGE_TTL: Duration = Duration::from_secs(5);
@@ -31,8 +32,35 @@ fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
 }
 
+fn psi_stats(p: Option<crate::cgroups::psi::Psi>) -> Option<cri::PsiStats> {
+    let line = |l: crate::cgroups::psi::PsiLine| cri::PsiData {
+        total: l.total_ns,
+        avg10: l.avg10,
+        avg60: l.avg60,
+        avg300: l.avg300,
+    };
+    p.map(|p| cri::PsiStats {
+        full: p.full.map(line),
+        some: p.some.map(line),
+    })
+}
+
+/// IoUsage (1.33): only its pressure, on cgroup v2.
+fn io_usage(ts: i64, p: &Pressure) -> Option<cri::IoUsage> {
+    p.io.map(|io| cri::IoUsage {
+        timestamp: ts,
+        psi: psi_stats(Some(io)),
+    })
+}
+
 impl PodService {
-    fn cpu_usage(&self, key: &str, ts: i64, s: &CgroupStats) -> Option<cri::CpuUsage> {
+    fn cpu_usage(
+        &self,
+        key: &str,
+        ts: i64,
+        s: &CgroupStats,
+        p: &Pressure,
+    ) -> Option<cri::CpuUsage> {
         let total = s.cpu_usage_ns?;
         let mut last = self
             .inner
@@ -51,11 +79,11 @@ impl PodService {
             timestamp: ts,
             usage_core_nano_seconds: u64v(Some(total)),
             usage_nano_cores: u64v(nano_cores),
-            psi: None,
+            psi: psi_stats(p.cpu),
         })
     }
 
-    fn memory_usage(ts: i64, s: &CgroupStats) -> Option<cri::MemoryUsage> {
+    fn memory_usage(ts: i64, s: &CgroupStats, p: &Pressure) -> Option<cri::MemoryUsage> {
         let usage = s.memory_usage?;
         Some(cri::MemoryUsage {
             timestamp: ts,
@@ -68,7 +96,7 @@ impl PodService {
             rss_bytes: u64v(s.memory_rss),
             page_faults: u64v(s.page_faults),
             major_page_faults: u64v(s.major_page_faults),
-            psi: None,
+            psi: psi_stats(p.memory),
         })
     }
 
@@ -98,6 +126,11 @@ impl PodService {
             .cgroups
             .stats(&rec.cgroup_path)
             .unwrap_or_default();
+        let psi = self
+            .inner
+            .cgroups
+            .pressure(&rec.cgroup_path)
+            .unwrap_or_default();
         let (bytes, inodes) = self.layer_usage(rec);
         cri::ContainerStats {
             attributes: Some(cri::ContainerAttributes {
@@ -107,12 +140,12 @@ impl PodService {
                 annotations: rec.config.annotations.clone(),
             }),
             cpu: self
-                .cpu_usage(&rec.cgroup_path, ts, &cg)
+                .cpu_usage(&rec.cgroup_path, ts, &cg, &psi)
                 .or(Some(cri::CpuUsage {
                     timestamp: ts,
                     ..Default::default()
                 })),
-            memory: Self::memory_usage(ts, &cg).or(Some(cri::MemoryUsage {
+            memory: Self::memory_usage(ts, &cg, &psi).or(Some(cri::MemoryUsage {
                 timestamp: ts,
                 ..Default::default()
             })),
@@ -125,8 +158,7 @@ impl PodService {
                 inodes_used: u64v(Some(inodes)),
             }),
             swap: None,
-            // IO pressure (1.33) is not reported yet.
-            io: None,
+            io: io_usage(ts, &psi),
         }
     }
 
@@ -164,6 +196,11 @@ impl PodService {
             .cgroups
             .stats(&rec.cgroup_parent)
             .unwrap_or_default();
+        let psi = self
+            .inner
+            .cgroups
+            .pressure(&rec.cgroup_parent)
+            .unwrap_or_default();
         let containers: Vec<ContainerRecord> = self
             .containers_of(&rec.id)
             .iter()
@@ -179,8 +216,8 @@ impl PodService {
                 annotations: rec.config.annotations.clone(),
             }),
             linux: Some(cri::LinuxPodSandboxStats {
-                cpu: self.cpu_usage(&rec.cgroup_parent, ts, &cg),
-                memory: Self::memory_usage(ts, &cg),
+                cpu: self.cpu_usage(&rec.cgroup_parent, ts, &cg, &psi),
+                memory: Self::memory_usage(ts, &cg, &psi),
                 network,
                 process: cg.pids.map(|n| cri::ProcessUsage {
                     timestamp: ts,
@@ -190,7 +227,7 @@ impl PodService {
                     .iter()
                     .map(|c| self.container_stats_of(c))
                     .collect(),
-                io: None,
+                io: io_usage(ts, &psi),
             }),
             windows: None,
         })
@@ -350,6 +387,29 @@ pub fn disk_usage(dir: &Path) -> (u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pressure_becomes_cri_psi_and_io_usage() {
+        let psi = crate::cgroups::psi::parse(
+            "some avg10=3.00 avg60=2.00 avg300=1.00 total=10\nfull avg10=0.50 avg60=0.25 avg300=0.10 total=4\n",
+        );
+        let p = Pressure {
+            cpu: psi,
+            memory: None,
+            io: psi,
+        };
+        let cpu = psi_stats(p.cpu).unwrap();
+        assert_eq!(cpu.some.unwrap().total, 10_000);
+        assert_eq!(cpu.full.unwrap().avg10, 0.5);
+        assert!(psi_stats(p.memory).is_none());
+        let io = io_usage(7, &p).unwrap();
+        assert_eq!(io.timestamp, 7);
+        assert_eq!(io.psi.unwrap().some.unwrap().avg300, 1.0);
+        assert!(
+            io_usage(7, &Pressure::default()).is_none(),
+            "cgroup v1: no IoUsage"
+        );
+    }
 
     #[test]
     fn parses_proc_net_dev() {

@@ -9,6 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::{Error, Result};
 
 mod detail;
+pub mod limits;
 pub mod psi;
 pub use detail::{CgroupDetail, IoDevice};
 

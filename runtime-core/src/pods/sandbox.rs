@@ -527,6 +527,17 @@ impl PodService {
         let entry = self.sandbox(id)?;
         let _op = entry.op.lock().await;
         let mut rec = entry.get();
+        // A pod cgroup kubelet made (its cgroup_parent) is kubelet's: kubelet sets its
+        // limits itself before this call, and containerd and CRI-O pass the call on to NRI
+        // only. One berth made (no cgroup_parent given, as with crictl) has nobody else to
+        // follow the pod's resources: berth writes them.
+        if !rec.cgroups_created.is_empty() && rec.state == records::SandboxState::Ready {
+            let limits = pod_limits(overhead.as_ref(), resources.as_ref());
+            let (layout, path) = (self.inner.cgroups.clone(), rec.cgroup_parent.clone());
+            tokio::task::spawn_blocking(move || layout.set_limits(&path, &limits))
+                .await
+                .map_err(|e| Error::Internal(format!("pod cgroup limits task: {e}")))??;
+        }
         rec.resources = Some((overhead, resources));
         records::save(&self.sandbox_record_path(&rec.id), &rec)?;
         self.inner
@@ -802,9 +813,75 @@ fn parse_quantity(s: &str) -> Option<u64> {
     (v.is_finite() && v >= 0.0 && v < u64::MAX as f64).then_some(v as u64)
 }
 
+/// The pod cgroup's limits from UpdatePodSandboxResources: the sum of the containers'
+/// resources plus the pod overhead, as kubelet computes a pod cgroup's. A zero field is
+/// "not set" in the CRI and leaves the cgroup's value; a negative quota is "no quota".
+fn pod_limits(
+    overhead: Option<&cri::LinuxContainerResources>,
+    resources: Option<&cri::LinuxContainerResources>,
+) -> crate::cgroups::limits::Limits {
+    let Some(r) = resources else {
+        return Default::default();
+    };
+    let zero = cri::LinuxContainerResources::default();
+    let o = overhead.unwrap_or(&zero);
+    let plus = |a: i64, b: i64| {
+        u64::try_from(a)
+            .unwrap_or(0)
+            .saturating_add(u64::try_from(b).unwrap_or(0))
+    };
+    let nonempty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    crate::cgroups::limits::Limits {
+        cpu_shares: (r.cpu_shares > 0).then(|| plus(r.cpu_shares, o.cpu_shares)),
+        cpu_quota: match r.cpu_quota {
+            q if q > 0 => Some(Some(plus(q, o.cpu_quota))),
+            q if q < 0 => Some(None),
+            _ => None,
+        },
+        cpu_period: u64::try_from(r.cpu_period).ok().filter(|p| *p > 0),
+        memory: (r.memory_limit_in_bytes > 0)
+            .then(|| Some(plus(r.memory_limit_in_bytes, o.memory_limit_in_bytes))),
+        cpuset_cpus: nonempty(&r.cpuset_cpus),
+        cpuset_mems: nonempty(&r.cpuset_mems),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_limits_sum_resources_and_overhead_and_keep_unset_fields() {
+        let r = cri::LinuxContainerResources {
+            cpu_shares: 1024,
+            cpu_quota: 150_000,
+            cpu_period: 100_000,
+            memory_limit_in_bytes: 512 << 20,
+            cpuset_cpus: "0".into(),
+            ..Default::default()
+        };
+        let o = cri::LinuxContainerResources {
+            cpu_shares: 10,
+            cpu_quota: 5_000,
+            memory_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        };
+        let l = pod_limits(Some(&o), Some(&r));
+        assert_eq!(l.cpu_shares, Some(1034));
+        assert_eq!(l.cpu_quota, Some(Some(155_000)));
+        assert_eq!(l.cpu_period, Some(100_000));
+        assert_eq!(l.memory, Some(Some(528 << 20)));
+        assert_eq!(l.cpuset_cpus.as_deref(), Some("0"));
+        assert_eq!(l.cpuset_mems, None);
+        let unlimited = cri::LinuxContainerResources {
+            cpu_quota: -1,
+            ..Default::default()
+        };
+        let l = pod_limits(None, Some(&unlimited));
+        assert_eq!(l.cpu_quota, Some(None), "a negative quota is no quota");
+        assert_eq!((l.cpu_shares, l.memory, l.cpu_period), (None, None, None));
+        assert_eq!(pod_limits(Some(&o), None), Default::default());
+    }
 
     #[test]
     fn quantities() {

@@ -721,19 +721,26 @@ async fn cgroup_warmup_thread_sits_in_the_default_parent() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn update_pod_sandbox_resources_is_recorded_and_unknown_pods_are_not_found() -> Result<()> {
+async fn update_pod_sandbox_resources_sets_berths_pod_cgroup_and_unknown_pods_are_not_found() -> Result<()> {
     let env = PodEnv::start().await?;
+    // No cgroup_parent: the pod cgroup is berth's, whose limits berth sets.
     let pod = env.pod_config("resize");
     let id = env.run_pod(&pod).await?;
     let resources = e2e::cri_api::LinuxContainerResources {
         cpu_shares: 512,
+        cpu_quota: 50_000,
+        cpu_period: 100_000,
         memory_limit_in_bytes: 256 << 20,
+        ..Default::default()
+    };
+    let overhead = e2e::cri_api::LinuxContainerResources {
+        memory_limit_in_bytes: 16 << 20,
         ..Default::default()
     };
     let mut rt = env.cri.runtime.clone();
     rt.update_pod_sandbox_resources(e2e::cri_api::UpdatePodSandboxResourcesRequest {
         pod_sandbox_id: id.clone(),
-        overhead: None,
+        overhead: Some(overhead),
         resources: Some(resources.clone()),
     })
     .await?;
@@ -743,6 +750,20 @@ async fn update_pod_sandbox_resources_is_recorded_and_unknown_pods_are_not_found
         serde_json::json!(256 << 20),
         "recorded: {info}"
     );
+    let cgroup = info["cgroupParent"].as_str().unwrap_or_default().to_string();
+    let read = |ctrl: &str, file: &str| {
+        e2e::pods::cgroup_v1_dir(ctrl, &cgroup)
+            .and_then(|d| std::fs::read_to_string(d.join(file)).ok())
+            .map(|v| v.trim().to_string())
+    };
+    match read("memory", "memory.limit_in_bytes") {
+        Some(limit) => {
+            assert_eq!(limit, (272u64 << 20).to_string(), "resources + overhead");
+            assert_eq!(read("cpu", "cpu.shares").as_deref(), Some("512"));
+            assert_eq!(read("cpu", "cpu.cfs_quota_us").as_deref(), Some("50000"));
+        }
+        None => println!("SKIP: no cgroup v1 memory hierarchy to read the pod's limits from"),
+    }
     let err = rt
         .update_pod_sandbox_resources(e2e::cri_api::UpdatePodSandboxResourcesRequest {
             pod_sandbox_id: "0".repeat(64),

@@ -10,6 +10,8 @@
 #   hack/churn.sh                               1000 lifecycles, 4 workers
 #   hack/churn.sh --lifecycles 100              the short form hack/test.sh runs
 #   hack/churn.sh --kill-every-ms 0             no faults (a baseline)
+#   hack/churn.sh --exited-containers 20000     a huge node instead: start-up, memory per
+#                                               record, list sizes (docs/reliability.md)
 #
 # Runs everything on 127.0.0.1 with its own registry, berthd, dirs, CNI network and cgroup
 # parent; needs root on Debian 12, installs what it needs first.

@@ -76,14 +76,10 @@ pub fn to_cri_image(r: &ImageRecord) -> cri::Image {
     }
 }
 
-#[tonic::async_trait]
-impl cri::image_service_server::ImageService for ImageApi {
-    async fn list_images(
-        &self,
-        request: Request<cri::ListImagesRequest>,
-    ) -> Result<Response<cri::ListImagesResponse>, Status> {
-        let req = request.into_inner();
-        let filter = req.filter.and_then(|f| f.image).map(|s| s.image);
+impl ImageApi {
+    /// ListImages' answer (and StreamImages').
+    async fn list(&self, filter: Option<cri::ImageFilter>) -> Result<Vec<cri::Image>, Status> {
+        let filter = filter.and_then(|f| f.image).map(|s| s.image);
         // The store's lock may be held across an fsync by a pull finishing: never on an
         // async worker thread.
         let store = self.images.clone();
@@ -91,8 +87,19 @@ impl cri::image_service_server::ImageService for ImageApi {
             .work
             .blocking(move || store.list(filter.as_deref()))
             .await?;
+        Ok(images.iter().map(to_cri_image).collect())
+    }
+}
+
+#[tonic::async_trait]
+impl cri::image_service_server::ImageService for ImageApi {
+    async fn list_images(
+        &self,
+        request: Request<cri::ListImagesRequest>,
+    ) -> Result<Response<cri::ListImagesResponse>, Status> {
+        let filter = request.into_inner().filter;
         Ok(Response::new(cri::ListImagesResponse {
-            images: images.iter().map(to_cri_image).collect(),
+            images: self.list(filter).await?,
         }))
     }
 
@@ -102,14 +109,7 @@ impl cri::image_service_server::ImageService for ImageApi {
         &self,
         request: Request<cri::StreamImagesRequest>,
     ) -> Result<Response<Self::StreamImagesStream>, Status> {
-        let req = request.into_inner();
-        let filter = req.filter.and_then(|f| f.image).map(|s| s.image);
-        let store = self.images.clone();
-        let images = self
-            .work
-            .blocking(move || store.list(filter.as_deref()))
-            .await?;
-        let images = images.iter().map(to_cri_image).collect();
+        let images = self.list(request.into_inner().filter).await?;
         Ok(Response::new(crate::lists::batched(images, |images| {
             cri::StreamImagesResponse { images }
         })))

@@ -452,6 +452,14 @@ fn stat_field(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// The v1 hierarchy that has controller `ctrl` (mounted as `cpu,cpuacct` or alone).
+fn v1_hierarchy<'a>(hierarchies: &'a [PathBuf], ctrl: &str) -> Option<&'a PathBuf> {
+    hierarchies.iter().find(|h| {
+        h.file_name()
+            .is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == ctrl))
+    })
+}
+
 /// Limits above this are "no limit" on v1 (the kernel reports PAGE_COUNTER_MAX pages).
 const V1_NO_LIMIT: u64 = 1 << 62;
 
@@ -463,12 +471,7 @@ impl Layout {
         let mut s = CgroupStats::default();
         match self {
             Layout::V1 { hierarchies } => {
-                let find = |ctrl: &str| {
-                    hierarchies.iter().find(|h| {
-                        h.file_name()
-                            .is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == ctrl))
-                    })
-                };
+                let find = |ctrl: &str| v1_hierarchy(hierarchies, ctrl);
                 if let Some(h) = find("cpuacct") {
                     s.cpu_usage_ns = read_u64(&h.join(&rel).join("cpuacct.usage"));
                 }

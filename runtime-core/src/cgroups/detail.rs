@@ -202,15 +202,7 @@ impl Layout {
 }
 
 fn read_v1(hierarchies: &[PathBuf], rel: &Path, d: &mut CgroupDetail) {
-    let dir = |ctrl: &str| {
-        hierarchies
-            .iter()
-            .find(|h| {
-                h.file_name()
-                    .is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == ctrl))
-            })
-            .map(|h| h.join(rel))
-    };
+    let dir = |ctrl: &str| super::v1_hierarchy(hierarchies, ctrl).map(|h| h.join(rel));
     if let Some(cpuacct) = dir("cpuacct")
         && let Ok(stat) = fs::read_to_string(cpuacct.join("cpuacct.stat"))
     {

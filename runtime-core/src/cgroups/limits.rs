@@ -54,12 +54,7 @@ impl Layout {
 
 fn set_v1(hierarchies: &[PathBuf], rel: &Path, l: &Limits) -> Result<()> {
     let dir = |ctrl: &str| {
-        hierarchies
-            .iter()
-            .find(|h| {
-                h.file_name()
-                    .is_some_and(|n| n.to_string_lossy().split(',').any(|c| c == ctrl))
-            })
+        super::v1_hierarchy(hierarchies, ctrl)
             .map(|h| h.join(rel))
             .ok_or_else(|| Error::Internal(format!("no cgroup v1 {ctrl} hierarchy mounted")))
     };

@@ -721,7 +721,8 @@ async fn cgroup_warmup_thread_sits_in_the_default_parent() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn update_pod_sandbox_resources_sets_berths_pod_cgroup_and_unknown_pods_are_not_found() -> Result<()> {
+async fn update_pod_sandbox_resources_sets_berths_pod_cgroup_and_unknown_pods_are_not_found()
+-> Result<()> {
     let env = PodEnv::start().await?;
     // No cgroup_parent: the pod cgroup is berth's, whose limits berth sets.
     let pod = env.pod_config("resize");
@@ -750,7 +751,10 @@ async fn update_pod_sandbox_resources_sets_berths_pod_cgroup_and_unknown_pods_ar
         serde_json::json!(256 << 20),
         "recorded: {info}"
     );
-    let cgroup = info["cgroupParent"].as_str().unwrap_or_default().to_string();
+    let cgroup = info["cgroupParent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let read = |ctrl: &str, file: &str| {
         e2e::pods::cgroup_v1_dir(ctrl, &cgroup)
             .and_then(|d| std::fs::read_to_string(d.join(file)).ok())

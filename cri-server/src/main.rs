@@ -2,6 +2,7 @@
 //! unix socket.
 
 mod authority;
+mod deadline;
 mod events;
 mod image;
 mod lists;
@@ -229,6 +230,7 @@ async fn run(
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
             .layer(metrics::MetricsLayer::new(Arc::clone(&metrics)))
+            .layer(deadline::DeadlineLayer)
             .add_service(runtime_server)
             .add_service(image_server)
             .serve_with_incoming_shutdown(accepted(listener), wait_stop()),

@@ -18,6 +18,7 @@ pub mod network;
 pub mod pods;
 pub mod proxy;
 pub mod push;
+pub mod rawgrpc;
 pub mod registry;
 pub mod streaming;
 pub mod util;

@@ -4,6 +4,7 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
+use std::time::Duration;
 
 use anyhow::Result;
 use e2e::cri_api::{
@@ -435,4 +436,39 @@ async fn empty_and_absurd_fields_get_an_error_not_a_crash() -> Result<()> {
 fn base64_encode(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// A pull whose deadline (`grpc-timeout`) passes ends DEADLINE_EXCEEDED, gRPC's code for it
+/// and what critest's "public image should timeout if requested" wants, never the CANCELLED
+/// tonic's server answers by itself; it leaves no image, and the same pull without a
+/// deadline then succeeds. The call is made by hand (`rawgrpc`) so that no client timer
+/// races the server's answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pull_past_its_deadline_is_deadline_exceeded() -> Result<()> {
+    let (reg, berthd) = registry_and_berthd().await?;
+    fixtures::large(&reg.pusher(), "e2e/slow", "v1", 4, 16, 77).await?;
+    let cri = berthd.cri().await?;
+    let req = PullImageRequest {
+        image: Some(e2e::cri::spec("e2e/slow:v1")),
+        ..Default::default()
+    };
+    for timeout in ["1m", "2m", "30m", "100m"] {
+        let a = e2e::rawgrpc::call(
+            &berthd.socket(),
+            "/runtime.v1.ImageService/PullImage",
+            &req,
+            timeout,
+        )
+        .await?;
+        assert_eq!(
+            a.code,
+            Code::DeadlineExceeded as i32,
+            "grpc-timeout {timeout}: {a:?}"
+        );
+    }
+    assert!(cri.image_status("e2e/slow:v1").await?.is_none());
+    cri.pull("e2e/slow:v1").await?;
+    assert!(cri.image_status("e2e/slow:v1").await?.is_some());
+    assert_alive(&cri).await;
+    Ok(())
 }

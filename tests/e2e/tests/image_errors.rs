@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path};
-use std::time::Duration;
 
 use anyhow::Result;
 use e2e::cri_api::{

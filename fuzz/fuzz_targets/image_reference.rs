@@ -1,6 +1,7 @@
 //! Reference::parse_normalized on arbitrary strings: never panics, and whatever parses
-//! has a domain and a path, its normalized and familiar forms parse back to the same
-//! reference, and `name()` is `domain/path`.
+//! has a domain and a path, its full form (and its familiar one, unless that reads as
+//! another domain) parses back to the same reference, its normalized form parses, and
+//! `name()` is `domain/path`.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -24,12 +25,17 @@ fuzz_target!(|data: &[u8]| {
         Ok(&r),
         "{full}"
     );
+    // The familiar form drops `docker.io/`, so for `docker.io/foo.com/bar` it reads as a
+    // reference on foo.com, as upstream's FamiliarString does: it is for display only.
     let familiar = r.familiar();
-    assert_eq!(
-        Reference::parse_normalized(&familiar).as_ref(),
-        Ok(&r),
-        "{familiar}"
-    );
+    let first = familiar.split('/').next().unwrap_or("");
+    if !(first.contains(['.', ':']) || first == "localhost" || familiar.starts_with('[')) {
+        assert_eq!(
+            Reference::parse_normalized(&familiar).as_ref(),
+            Ok(&r),
+            "{familiar}"
+        );
+    }
     let normalized = r.normalized();
     let again = Reference::parse_normalized(&normalized);
     assert!(again.is_ok(), "{normalized}: {again:?}");

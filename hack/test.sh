@@ -47,6 +47,11 @@ if ! BERTH_CHURN_NO_DEPS=1 hack/churn.sh --exited-containers 5000 2>target/huge.
   exit 1
 fi
 
+# Without ASan: its cold build of runtime-core's dependency tree takes too long for CI;
+# panics, aborts, hangs and memory blow-ups are still caught (hack/fuzz.sh runs with ASan).
+echo "== fuzz: every cargo-fuzz target for 5 s from its seed corpus"
+BERTH_FUZZ_SANITIZER=none BERTH_FUZZ_SECONDS=5 hack/fuzz.sh
+
 echo "== bench smoke"
 hack/bench.sh --quick --smoke
 

@@ -8,7 +8,7 @@ use spdy::headers::HeaderDecoder;
 
 fn files(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
+        .join("../fuzz/corpus")
         .join(target);
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap() {

@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod push;
 pub mod registry;
 pub mod streaming;
+pub mod tmpfs;
 pub mod util;
 
 pub use berthd::{Berthd, BerthdOptions, MAPPED_REGISTRIES, RegistryEntry};

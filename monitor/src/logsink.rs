@@ -287,6 +287,8 @@ mod tests {
         assert!(matches!(t, Some(Transition::GapStarted { .. })), "{t:?}");
         assert_eq!(lines(&f).len(), 1);
         assert_valid(&f);
+        // Nothing fits any more.
+        f.cap = f.data.len();
         // The rest of the batch costs no writes.
         let writes = f.writes;
         for _ in 0..10 {

@@ -16,6 +16,7 @@ pub fn to_status(e: Error) -> Status {
         ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorKind::DataLoss => Code::DataLoss,
         ErrorKind::Unimplemented => Code::Unimplemented,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
         ErrorKind::Internal => Code::Internal,
     };
     Status::new(code, e.to_string())
@@ -49,6 +50,10 @@ mod tests {
         assert_eq!(
             to_status(Error::DataLoss(String::new())).code(),
             Code::DataLoss
+        );
+        assert_eq!(
+            to_status(Error::ResourceExhausted(String::new())).code(),
+            Code::ResourceExhausted
         );
     }
 }

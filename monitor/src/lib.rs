@@ -187,6 +187,7 @@
 pub mod error;
 pub mod frame;
 pub mod logfmt;
+pub mod logsink;
 pub mod process;
 pub mod protocol;
 pub mod server;

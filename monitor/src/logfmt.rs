@@ -4,8 +4,6 @@
 //! is written as `P` at end of file; a `\r` before the `\n` is dropped (all as containerd's
 //! `cri/io/logger.go` does).
 
-use std::os::fd::{AsRawFd, BorrowedFd};
-
 /// Longest content of one entry (containerd's and CRI-O's default).
 pub const MAX_LINE: usize = 16 * 1024;
 
@@ -116,42 +114,15 @@ pub fn split_entries(buf: &[u8], eof: bool, mut emit: impl FnMut(bool, &[u8])) -
     start
 }
 
-/// Formats one entry into `scratch` and writes it to `fd` with one `write(2)` (repeated
-/// only if the kernel writes short). Write errors are returned; the caller drops the entry
-/// and goes on draining, as containerd does.
-pub fn write_entry(
-    fd: BorrowedFd<'_>,
-    scratch: &mut Vec<u8>,
-    ts_ns: i64,
-    stream: Stream,
-    full: bool,
-    content: &[u8],
-) -> std::io::Result<()> {
-    scratch.clear();
-    push_timestamp(scratch, ts_ns);
-    scratch.push(b' ');
-    scratch.extend_from_slice(stream.name().as_bytes());
-    scratch.extend_from_slice(if full { b" F " } else { b" P " });
-    scratch.extend_from_slice(content);
-    scratch.push(b'\n');
-    let mut off = 0;
-    while off < scratch.len() {
-        let rest = &scratch[off..];
-        // SAFETY: writes from a live slice to a borrowed, open fd.
-        let n = unsafe { libc::write(fd.as_raw_fd(), rest.as_ptr().cast(), rest.len()) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero));
-        }
-        off += n as usize;
-    }
-    Ok(())
+/// Appends one entry to `out`: `<timestamp> <stream> <F|P> <content>\n`. Writing it is
+/// [`crate::logsink::LogSink`]'s job.
+pub fn format_entry(out: &mut Vec<u8>, ts_ns: i64, stream: Stream, full: bool, content: &[u8]) {
+    push_timestamp(out, ts_ns);
+    out.push(b' ');
+    out.extend_from_slice(stream.name().as_bytes());
+    out.extend_from_slice(if full { b" F " } else { b" P " });
+    out.extend_from_slice(content);
+    out.push(b'\n');
 }
 
 #[cfg(test)]

@@ -202,6 +202,66 @@ pub enum Reply {
     },
 }
 
+/// The name of the log-gap file, beside the exit file.
+pub const LOG_GAP_FILE: &str = "log-gap.json";
+
+/// What the log-gap file says: the monitor could not write a container's log (a full
+/// disk) and dropped its output, or writes succeed again. Replaced (by rename) at each
+/// change; berthd watches for it and logs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogGapReport {
+    /// The container's log file.
+    pub log_path: PathBuf,
+    /// Writes succeed again (the gap has ended); `false`: output is being dropped.
+    pub writing: bool,
+    /// Bytes of output lost in the gap this report is about (0 when it has just begun).
+    pub lost_bytes: u64,
+    /// Log entries lost in that gap.
+    pub lost_entries: u64,
+    /// Bytes lost over the container's life.
+    pub total_lost_bytes: u64,
+    /// Entries lost over the container's life.
+    pub total_lost_entries: u64,
+    /// The write error that began the gap.
+    pub error: String,
+}
+
+/// The log-gap file of the container whose exit file is `exit_file`.
+pub fn log_gap_file(exit_file: &Path) -> PathBuf {
+    exit_file.with_file_name(LOG_GAP_FILE)
+}
+
+/// Replaces a log-gap file: a temporary file beside it renamed over it (not synced: the
+/// report is for the log, nothing depends on it after a crash).
+pub fn write_log_gap_file(path: &Path, report: &LogGapReport) -> Result<(), MonitorError> {
+    let fail = |e: std::io::Error| {
+        MonitorError::io(format!("cannot write log-gap file {}", path.display()), e)
+    };
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = PathBuf::from(tmp_name);
+    let data = serde_json::to_vec(report)
+        .map_err(|e| MonitorError::io("cannot encode log-gap report", e))?;
+    std::fs::write(&tmp, data).map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)
+}
+
+/// Reads a log-gap file (`Ok(None)` when there is none).
+pub fn read_log_gap_file(path: &Path) -> Result<Option<LogGapReport>, MonitorError> {
+    match std::fs::read(path) {
+        Ok(data) => serde_json::from_slice(&data)
+            .map(Some)
+            .map_err(|e| MonitorError::Io {
+                message: format!("log-gap file {} is corrupt: {e}", path.display()),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(MonitorError::io(
+            format!("cannot read log-gap file {}", path.display()),
+            e,
+        )),
+    }
+}
+
 /// Reads an exit file: `Ok(None)` when it does not exist (the container has not exited,
 /// or the monitor died before it could write it).
 pub fn read_exit_file(path: &Path) -> Result<Option<ExitInfo>, MonitorError> {

@@ -41,6 +41,10 @@ pub enum Error {
     /// Not supported by berth.
     #[error("{0}")]
     Unimplemented(String),
+    /// A resource ran out: no space left on a filesystem (ENOSPC) or a disk quota reached
+    /// (EDQUOT). The message names the path that could not be written.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A failure inside berth or the host (I/O, a runtime binary).
     #[error("{0}")]
     Internal(String),
@@ -69,6 +73,8 @@ pub enum ErrorKind {
     DataLoss,
     /// See [`Error::Unimplemented`].
     Unimplemented,
+    /// See [`Error::ResourceExhausted`].
+    ResourceExhausted,
     /// See [`Error::Internal`].
     Internal,
 }
@@ -87,13 +93,23 @@ impl Error {
             Error::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             Error::DataLoss(_) => ErrorKind::DataLoss,
             Error::Unimplemented(_) => ErrorKind::Unimplemented,
+            Error::ResourceExhausted(_) => ErrorKind::ResourceExhausted,
             Error::Internal(_) => ErrorKind::Internal,
         }
     }
 
-    /// An I/O failure on `path`, described as `what` ("create", "read", ...).
+    /// An I/O failure on `path`, described as `what` ("create", "read", ...). A full
+    /// filesystem or quota (ENOSPC, EDQUOT) is [`Error::ResourceExhausted`], anything else
+    /// [`Error::Internal`]; both messages name the path.
     pub fn io(what: &str, path: &Path, err: std::io::Error) -> Error {
-        Error::Internal(format!("{what} {}: {err}", path.display()))
+        if is_no_space(&err) {
+            Error::ResourceExhausted(format!(
+                "no space left on device: {what} {}: {err}",
+                path.display()
+            ))
+        } else {
+            Error::Internal(format!("{what} {}: {err}", path.display()))
+        }
     }
 
     /// Prefixes the message with `context`, keeping the kind.
@@ -110,9 +126,15 @@ impl Error {
             Error::DeadlineExceeded(m) => Error::DeadlineExceeded(wrap(m)),
             Error::DataLoss(m) => Error::DataLoss(wrap(m)),
             Error::Unimplemented(m) => Error::Unimplemented(wrap(m)),
+            Error::ResourceExhausted(m) => Error::ResourceExhausted(wrap(m)),
             Error::Internal(m) => Error::Internal(wrap(m)),
         }
     }
+}
+
+/// Whether `err` says the filesystem is full (ENOSPC) or a disk quota is reached (EDQUOT).
+pub fn is_no_space(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 impl From<crate::image::reference::ReferenceError> for Error {
@@ -134,7 +156,11 @@ impl From<crate::image::registries::RegistriesError> for Error {
 
 impl From<crate::image::unpack::UnpackError> for Error {
     fn from(e: crate::image::unpack::UnpackError) -> Self {
-        Error::Internal(format!("unpack layer: {e}"))
+        if e.io_source().is_some_and(is_no_space) {
+            Error::ResourceExhausted(format!("no space left on device: unpack layer: {e}"))
+        } else {
+            Error::Internal(format!("unpack layer: {e}"))
+        }
     }
 }
 
@@ -162,5 +188,37 @@ impl From<crate::monitor::MonitorError> for Error {
             M::Timeout { .. } => Error::DeadlineExceeded(msg),
             _ => Error::Internal(msg),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_disks_and_quotas_are_resource_exhausted_naming_the_path() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = Error::io(
+                "write",
+                Path::new("/var/lib/berth/blobs/sha256/ab"),
+                std::io::Error::from_raw_os_error(errno),
+            );
+            assert_eq!(e.kind(), ErrorKind::ResourceExhausted, "{e}");
+            assert!(
+                e.to_string().contains("/var/lib/berth/blobs/sha256/ab"),
+                "{e}"
+            );
+            assert_eq!(
+                e.context("pull x").kind(),
+                ErrorKind::ResourceExhausted,
+                "context keeps the kind"
+            );
+        }
+        let e = Error::io(
+            "write",
+            Path::new("/x"),
+            std::io::Error::from_raw_os_error(libc::EIO),
+        );
+        assert_eq!(e.kind(), ErrorKind::Internal);
     }
 }

@@ -206,6 +206,7 @@ impl Server {
             self.close_pipe(ci, which);
         }
         let c = &mut self.containers[ci];
+        super::streams::report_log_gap(c, None);
         c.log = None;
         c.input = Input::default();
         if let Err(e) = write_exit_file(&c.exit_file, &exit) {

@@ -174,7 +174,8 @@ pub(super) struct Container {
     exit_file: PathBuf,
     oom_control: Option<PathBuf>,
     log: Option<File>,
-    log_failed: bool,
+    /// Writes entries to `log`, counting what a full disk loses.
+    sink: crate::logsink::LogSink,
     /// stdout, stderr (of the runtime, and of the init without a terminal), terminal.
     pipes: [Option<Pipe>; 3],
     /// Where the terminal comes from, until it has.

@@ -61,7 +61,7 @@ impl Server {
             exit_file: req.exit_file,
             oom_control: req.oom_control,
             log: Some(log),
-            log_failed: false,
+            sink: Default::default(),
             pipes: [
                 Some(Pipe {
                     file: Some(File::from(out_r)),
@@ -105,7 +105,7 @@ impl Server {
         // Open the new file before closing the old one: on failure the old one stays.
         // Pending partial lines are in memory and go to the new file.
         c.log = Some(open_log(&c.log_path)?);
-        c.log_failed = false;
+        c.sink.reopened();
         Ok(())
     }
 

@@ -2,12 +2,14 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::error::MonitorError;
 use crate::logfmt::{self, Stream};
+use crate::logsink::Transition;
+use crate::protocol::{LogGapReport, log_gap_file, write_log_gap_file};
 
 use super::*;
 
@@ -73,6 +75,8 @@ impl Server {
     }
 
     /// Writes the complete entries pending on a pipe (all of it when the pipe is at EOF).
+    /// Entries the log file cannot take (a full disk) are dropped and counted, never kept:
+    /// the pipes are always drained, so the container never blocks on its output.
     pub(super) fn emit(&mut self, ci: usize, which: usize) {
         let Some(c) = self.containers.get_mut(ci) else {
             return;
@@ -85,12 +89,14 @@ impl Server {
         let ts = logfmt::now_ns();
         let scratch = &mut self.scratch;
         let log = c.log.as_ref();
-        let mut failed = None;
+        let sink = &mut c.sink;
+        sink.begin_batch();
+        let mut transitions = Vec::new();
         let consumed = logfmt::split_entries(&pipe.pending, eof, |full, content| {
-            if let Some(log) = log
-                && let Err(e) = logfmt::write_entry(log.as_fd(), scratch, ts, stream, full, content)
+            if let Some(mut log) = log
+                && let Some(t) = sink.entry(&mut log, scratch, ts, stream, full, content)
             {
-                failed = Some(e);
+                transitions.push(t);
             }
         });
         pipe.pending.drain(..consumed);
@@ -100,15 +106,8 @@ impl Server {
         if scratch.capacity() > 2 * logfmt::MAX_LINE {
             scratch.shrink_to(logfmt::MAX_LINE + 128);
         }
-        if let Some(e) = failed
-            && !c.log_failed
-        {
-            eprintln!(
-                "berth-monitor: container {}: cannot write {}: {e}",
-                c.id,
-                c.log_path.display()
-            );
-            c.log_failed = true;
+        for t in transitions {
+            report_log_gap(c, Some(t));
         }
     }
 
@@ -203,4 +202,74 @@ pub(super) fn spawn_with_stdio(argv: &[String], stdin: bool) -> Result<Spawned, 
         err: err_r,
         input,
     })
+}
+
+/// Tells about a gap in a container's log: on the monitor's stderr (`<pod_dir>/monitor.log`)
+/// and in the log-gap file beside the exit file, which berthd watches and logs. `None`:
+/// the container is done while its log still fails (the final count).
+pub(super) fn report_log_gap(c: &Container, t: Option<Transition>) {
+    let (total_bytes, total_entries) = c.sink.total_lost();
+    let report = match t {
+        Some(Transition::GapStarted { error }) => {
+            eprintln!(
+                "berth-monitor: container {}: cannot write {}: {error}; dropping its output until writes succeed",
+                c.id,
+                c.log_path.display()
+            );
+            LogGapReport {
+                log_path: c.log_path.clone(),
+                writing: false,
+                lost_bytes: 0,
+                lost_entries: 0,
+                total_lost_bytes: total_bytes,
+                total_lost_entries: total_entries,
+                error,
+            }
+        }
+        Some(Transition::GapEnded {
+            lost_bytes,
+            lost_entries,
+            error,
+        }) => {
+            eprintln!(
+                "berth-monitor: container {}: {} written again; {lost_bytes} bytes of output ({lost_entries} log entries) were lost ({error})",
+                c.id,
+                c.log_path.display()
+            );
+            LogGapReport {
+                log_path: c.log_path.clone(),
+                writing: true,
+                lost_bytes,
+                lost_entries,
+                total_lost_bytes: total_bytes,
+                total_lost_entries: total_entries,
+                error,
+            }
+        }
+        None => {
+            let Some(gap) = c.sink.gap() else {
+                return;
+            };
+            eprintln!(
+                "berth-monitor: container {}: done while {} could not be written; {} bytes of output ({} log entries) were lost ({})",
+                c.id,
+                c.log_path.display(),
+                gap.lost_bytes,
+                gap.lost_entries,
+                gap.error
+            );
+            LogGapReport {
+                log_path: c.log_path.clone(),
+                writing: false,
+                lost_bytes: gap.lost_bytes,
+                lost_entries: gap.lost_entries,
+                total_lost_bytes: total_bytes,
+                total_lost_entries: total_entries,
+                error: gap.error.clone(),
+            }
+        }
+    };
+    if let Err(e) = write_log_gap_file(&log_gap_file(&c.exit_file), &report) {
+        eprintln!("berth-monitor: container {}: {e}", c.id);
+    }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use futures_util::{StreamExt as _, TryStreamExt as _};
+use futures_util::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 
 use super::digest;
@@ -70,32 +70,32 @@ async fn pull_from(
         .await
         .map_err(|e| e.context(format!("pull {reference}")))?;
     let parsed = parse_manifest(&top.bytes, reference)?;
-    let (manifest_bytes, manifest_digest, manifest, index_digest) =
-        if is_index(&parsed, &top.content_type) {
-            let entries = parsed.manifests.as_deref().unwrap_or(&[]);
-            let want = spec::node_platform();
-            let entry = spec::select_platform(entries, &want).ok_or_else(|| {
-                Error::NotFound(format!(
-                    "image {reference} has no manifest for platform {}/{}",
-                    want.os, want.architecture
-                ))
-            })?;
-            digest::sha256_hex(&entry.digest)?;
-            let m = session
-                .manifest(&entry.digest)
-                .await
-                .map_err(|e| e.context(format!("pull {reference}")))?;
-            let pm = parse_manifest(&m.bytes, reference)?;
-            if is_index(&pm, &m.content_type) {
-                return Err(Error::InvalidArgument(format!(
-                    "image {reference}: nested image indexes are not supported"
-                )));
-            }
-            inner.store.put_blob(&top.digest, &top.bytes)?;
-            (m.bytes, m.digest, pm, Some(top.digest.clone()))
-        } else {
-            (top.bytes, top.digest.clone(), parsed, None)
-        };
+    let (manifest_bytes, manifest_digest, manifest, index) = if is_index(&parsed, &top.content_type)
+    {
+        let entries = parsed.manifests.as_deref().unwrap_or(&[]);
+        let want = spec::node_platform();
+        let entry = spec::select_platform(entries, &want).ok_or_else(|| {
+            Error::NotFound(format!(
+                "image {reference} has no manifest for platform {}/{}",
+                want.os, want.architecture
+            ))
+        })?;
+        digest::sha256_hex(&entry.digest)?;
+        let m = session
+            .manifest(&entry.digest)
+            .await
+            .map_err(|e| e.context(format!("pull {reference}")))?;
+        let pm = parse_manifest(&m.bytes, reference)?;
+        if is_index(&pm, &m.content_type) {
+            return Err(Error::InvalidArgument(format!(
+                "image {reference}: nested image indexes are not supported"
+            )));
+        }
+        (m.bytes, m.digest, pm, Some((top.digest.clone(), top.bytes)))
+    } else {
+        (top.bytes, top.digest.clone(), parsed, None)
+    };
+    let index_digest = index.as_ref().map(|(d, _)| d.clone());
     let config_desc = manifest.config.clone().ok_or_else(|| {
         Error::InvalidArgument(format!("image {reference}: manifest has no config"))
     })?;
@@ -122,79 +122,105 @@ async fn pull_from(
         digest::sha256_hex(d)?;
     }
     let chain_ids = digest::chain_ids(&config.rootfs.diff_ids);
-    let _lease = inner.store.lease(&chain_ids);
+    // The blobs this pull writes: kept from garbage collection while it runs (with the
+    // layers), and removed again if it fails and no image uses them.
+    let mut blobs = vec![manifest_digest.clone(), config_desc.digest.clone()];
+    blobs.extend(index_digest.clone());
+    let lease = inner
+        .store
+        .lease(&chain_ids.iter().chain(&blobs).cloned().collect::<Vec<_>>());
+    let outcome = async {
+        let downloaded = Arc::new(AtomicU64::new(0));
+        let jobs = layers
+            .iter()
+            .zip(config.rootfs.diff_ids.iter())
+            .zip(chain_ids.iter())
+            .filter(|((_, _), chain)| !inner.store.has_layer(chain))
+            .map(|((desc, diff_id), chain)| {
+                let inner = Arc::clone(inner);
+                let desc = desc.clone();
+                let diff_id = diff_id.clone();
+                let chain = chain.clone();
+                let downloaded = Arc::clone(&downloaded);
+                let reference = reference.to_string();
+                let session = Arc::clone(session);
+                async move {
+                    let key = chain.clone();
+                    // Another pull already fetching the same chain ID does the work for both.
+                    let owner = Arc::clone(&inner);
+                    let fetched = owner
+                        .layers
+                        .run(key, move || {
+                            let inner = Arc::clone(&inner);
+                            async move {
+                                let resp = session.blob(&desc.digest).await?;
+                                fetch_layer(&inner, resp, &desc, &diff_id, &chain)
+                                    .await
+                                    .map_err(|e| {
+                                        e.context(format!(
+                                            "pull {reference}: layer {}",
+                                            desc.digest
+                                        ))
+                                    })
+                            }
+                        })
+                        .await?;
+                    downloaded.fetch_add(fetched, Ordering::Relaxed);
+                    Ok::<(), Error>(())
+                }
+            })
+            .collect::<Vec<_>>();
+        // Every layer job runs to its end, even after one failed: the error is answered only
+        // when no other layer of this pull is still being written (and its staging
+        // directory removed, if it failed too), so nothing partial is left when the caller
+        // looks.
+        let results = futures_util::stream::iter(jobs)
+            .buffer_unordered(inner.max_downloads)
+            .collect::<Vec<Result<()>>>()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>>>()?;
 
-    let downloaded = Arc::new(AtomicU64::new(0));
-    let jobs = layers
-        .iter()
-        .zip(config.rootfs.diff_ids.iter())
-        .zip(chain_ids.iter())
-        .filter(|((_, _), chain)| !inner.store.has_layer(chain))
-        .map(|((desc, diff_id), chain)| {
-            let inner = Arc::clone(inner);
-            let desc = desc.clone();
-            let diff_id = diff_id.clone();
-            let chain = chain.clone();
-            let downloaded = Arc::clone(&downloaded);
-            let reference = reference.to_string();
-            let session = Arc::clone(session);
-            async move {
-                let key = chain.clone();
-                // Another pull already fetching the same chain ID does the work for both.
-                let owner = Arc::clone(&inner);
-                let fetched = owner
-                    .layers
-                    .run(key, move || {
-                        let inner = Arc::clone(&inner);
-                        async move {
-                            let resp = session.blob(&desc.digest).await?;
-                            fetch_layer(&inner, resp, &desc, &diff_id, &chain)
-                                .await
-                                .map_err(|e| {
-                                    e.context(format!("pull {reference}: layer {}", desc.digest))
-                                })
-                        }
-                    })
-                    .await?;
-                downloaded.fetch_add(fetched, Ordering::Relaxed);
-                Ok::<(), Error>(())
-            }
+        // Blobs are written only once every layer is in place: a pull that fails on the way
+        // (a full disk) leaves nothing behind but complete, verified layers.
+        if let Some((digest, bytes)) = &index {
+            inner.store.put_blob(digest, bytes)?;
+        }
+        inner.store.put_blob(&manifest_digest, &manifest_bytes)?;
+        inner.store.put_blob(&config_desc.digest, &config_bytes)?;
+        let size = config_desc.size.max(0) as u64
+            + layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
+        let record = ImageRecord {
+            id: config_desc.digest.clone(),
+            repo_tags: vec![],
+            repo_digests: vec![],
+            manifest_digest,
+            index_digest,
+            chain_ids,
+            size,
+            config,
+            pulled_at_ns: now_ns(),
+        };
+        let tag = match reference.digest() {
+            Some(_) => None,
+            None => reference.tagged_string(),
+        };
+        let repo_digest = format!("{}@{}", reference.name(), top.digest);
+        let store = Arc::clone(inner);
+        let rec =
+            tokio::task::spawn_blocking(move || store.store.commit_image(record, tag, repo_digest))
+                .await
+                .map_err(|e| Error::Internal(format!("commit image: {e}")))??;
+        Ok(PullOutcome {
+            image_id: rec.id,
+            bytes_downloaded: downloaded.load(Ordering::Relaxed),
         })
-        .collect::<Vec<_>>();
-    futures_util::stream::iter(jobs)
-        .buffer_unordered(inner.max_downloads)
-        .try_collect::<Vec<()>>()
-        .await?;
-
-    inner.store.put_blob(&manifest_digest, &manifest_bytes)?;
-    inner.store.put_blob(&config_desc.digest, &config_bytes)?;
-    let size =
-        config_desc.size.max(0) as u64 + layers.iter().map(|l| l.size.max(0) as u64).sum::<u64>();
-    let record = ImageRecord {
-        id: config_desc.digest.clone(),
-        repo_tags: vec![],
-        repo_digests: vec![],
-        manifest_digest,
-        index_digest,
-        chain_ids,
-        size,
-        config,
-        pulled_at_ns: now_ns(),
-    };
-    let tag = match reference.digest() {
-        Some(_) => None,
-        None => reference.tagged_string(),
-    };
-    let repo_digest = format!("{}@{}", reference.name(), top.digest);
-    let store = Arc::clone(inner);
-    let rec =
-        tokio::task::spawn_blocking(move || store.store.commit_image(record, tag, repo_digest))
-            .await
-            .map_err(|e| Error::Internal(format!("commit image: {e}")))??;
-    Ok(PullOutcome {
-        image_id: rec.id,
-        bytes_downloaded: downloaded.load(Ordering::Relaxed),
-    })
+    }
+    .await;
+    drop(lease);
+    if outcome.is_err() {
+        inner.store.discard_blobs(&blobs);
+    }
+    outcome
 }
 
 fn parse_manifest(bytes: &[u8], reference: &Reference) -> Result<AnyManifest> {
@@ -309,7 +335,16 @@ async fn stream_and_unpack(
             inner: decoder_for(&head, buffered)?,
             hasher: Sha256::new(),
         };
-        let stats = unpack::unpack_layer(&mut hashed, &dest)?;
+        let stats = unpack::unpack_layer(&mut hashed, &dest).map_err(|e| {
+            if e.io_source().is_some_and(crate::error::is_no_space) {
+                Error::ResourceExhausted(format!(
+                    "no space left on device: writing layer into {}: {e}",
+                    dest.display()
+                ))
+            } else {
+                Error::from(e)
+            }
+        })?;
         // The tar may end before the compressed stream does (trailing padding, frames):
         // drain it so the diff ID and the blob digest both cover every byte.
         std::io::copy(&mut hashed, &mut std::io::sink())
@@ -324,6 +359,7 @@ async fn stream_and_unpack(
     let mut size: u64 = 0;
     let mut stream = resp.bytes_stream();
     let mut feed_error = None;
+    let mut unpacker_stopped = false;
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
             Ok(c) => c,
@@ -347,6 +383,7 @@ async fn stream_and_unpack(
         hasher.update(&chunk);
         if tx.send(chunk).await.is_err() {
             // The unpacker stopped early; its error explains why.
+            unpacker_stopped = true;
             break;
         }
     }
@@ -356,6 +393,11 @@ async fn stream_and_unpack(
         .map_err(|e| Error::Internal(format!("unpack task: {e}")))?;
     if let Some(e) = feed_error {
         return Err(e);
+    }
+    if unpacker_stopped && let Err(e @ Error::ResourceExhausted(_)) = &unpacked {
+        // Not all of the blob was read, so its digest cannot match: the full disk that
+        // stopped the unpacker is the cause to report, not the digest.
+        return Err(e.clone());
     }
     let got = digest::finish(hasher);
     if got != desc.digest || size != desc.size.max(0) as u64 {

@@ -261,6 +261,34 @@ impl Store {
         fsutil::write_atomic(&path, data)
     }
 
+    /// Removes those of `digests` that no image references and no pull leases: the blobs
+    /// a failed pull wrote. Failures are logged, not returned (collection on the next
+    /// open removes what is left).
+    pub fn discard_blobs(&self, digests: &[String]) {
+        // The lock is held while removing so that no pull can lease and write a blob
+        // between the check and the removal.
+        let st = self.lock();
+        for d in digests {
+            let used = st.leases.contains_key(d)
+                || st.images.values().any(|i| {
+                    &i.id == d || &i.manifest_digest == d || i.index_digest.as_ref() == Some(d)
+                });
+            if used {
+                continue;
+            }
+            let Ok(path) = self.blob_path(d) else {
+                continue;
+            };
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove the blob of a failed pull")
+                }
+            }
+        }
+    }
+
     /// Reads a stored blob.
     pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
         let path = self.blob_path(digest)?;
@@ -425,7 +453,8 @@ impl Store {
         let (dead_layers, live_blobs) = {
             let mut st = self.lock();
             let mut live: HashSet<&String> = st.leases.keys().collect();
-            let mut blobs: HashSet<String> = HashSet::new();
+            // Leases hold the blobs of pulls in progress too.
+            let mut blobs: HashSet<String> = st.leases.keys().cloned().collect();
             for img in st.images.values() {
                 live.extend(img.chain_ids.iter());
                 blobs.insert(img.id.clone());

@@ -134,6 +134,19 @@ pub enum UnpackError {
     },
 }
 
+impl UnpackError {
+    /// The I/O error underneath, if the failure was one (to tell a full disk apart).
+    pub fn io_source(&self) -> Option<&io::Error> {
+        match self {
+            UnpackError::Destination { source, .. }
+            | UnpackError::Archive { source }
+            | UnpackError::Io { source, .. }
+            | UnpackError::HardLinkTarget { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
 /// Unpacks an uncompressed layer tar stream into `dest` (an existing, empty directory),
 /// converting whiteouts to overlayfs form.
 ///

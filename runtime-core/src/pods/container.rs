@@ -102,6 +102,43 @@ impl PodService {
         }
     }
 
+    /// Logs what the monitor says in a container's log-gap file: its CRI log could not be
+    /// written (a full log volume) and output was dropped, or it is written again and how
+    /// much was lost. The monitor has no other channel to berthd's log.
+    pub(crate) fn log_gap_seen(&self, id: &str) {
+        let Ok(e) = self.container(id) else {
+            return;
+        };
+        let path = berth_monitor::protocol::log_gap_file(&e.get().exit_file());
+        match berth_monitor::protocol::read_log_gap_file(&path) {
+            Ok(Some(r)) if r.writing => tracing::warn!(
+                container = id,
+                log_path = %r.log_path.display(),
+                lost_bytes = r.lost_bytes,
+                lost_entries = r.lost_entries,
+                total_lost_bytes = r.total_lost_bytes,
+                error = %r.error,
+                "container log written again after a gap: {} bytes of output ({} log entries) were lost",
+                r.lost_bytes,
+                r.lost_entries
+            ),
+            Ok(Some(r)) => tracing::warn!(
+                container = id,
+                log_path = %r.log_path.display(),
+                lost_bytes = r.lost_bytes,
+                lost_entries = r.lost_entries,
+                total_lost_bytes = r.total_lost_bytes,
+                error = %r.error,
+                "container log cannot be written; the monitor drops its output until it can ({} bytes lost so far)",
+                r.lost_bytes
+            ),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(container = id, error = %err, "cannot read the log-gap file")
+            }
+        }
+    }
+
     /// Reads the exit file of every container not known to have exited: at start, and
     /// when the exit watcher lost events or stopped.
     pub(crate) fn sweep_exits(&self) {

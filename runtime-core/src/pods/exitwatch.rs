@@ -39,6 +39,9 @@ pub(crate) enum Seen {
     Lost,
     /// The monitor (pid) of this pod exited.
     MonitorDied(String, i32),
+    /// The monitor replaced this container's log-gap file: its log could not be written
+    /// (a full disk) and output was dropped, or it is written again.
+    LogGap(String),
 }
 
 /// Handles what the watcher saw; returns false once the service is gone, which ends the
@@ -304,6 +307,14 @@ fn handle_event(w: &mut Watched, ev: nix::sys::inotify::InotifyEvent, seen: &mut
         .is_some_and(|n| n.as_os_str() == EXIT_FILE_NAME);
     if is_exit_file && let Some(id) = w.by_wd.get(&ev.wd) {
         seen.push(Seen::Exit(id.clone()));
+    }
+    let is_log_gap_file = ev.mask.contains(AddWatchFlags::IN_MOVED_TO)
+        && ev
+            .name
+            .as_ref()
+            .is_some_and(|n| n.as_os_str() == berth_monitor::protocol::LOG_GAP_FILE);
+    if is_log_gap_file && let Some(id) = w.by_wd.get(&ev.wd) {
+        seen.push(Seen::LogGap(id.clone()));
     }
 }
 

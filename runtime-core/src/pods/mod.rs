@@ -480,6 +480,7 @@ fn exit_handler(weak: Weak<Inner>) -> exitwatch::Handler {
             exitwatch::Seen::Exit(id) => svc.exit_seen(&id),
             exitwatch::Seen::Lost => svc.sweep_exits(),
             exitwatch::Seen::MonitorDied(pod, pid) => svc.spawn_monitor_died(pod, pid),
+            exitwatch::Seen::LogGap(id) => svc.log_gap_seen(&id),
         }
         true
     })

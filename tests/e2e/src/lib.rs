@@ -21,6 +21,7 @@ pub mod push;
 pub mod rawgrpc;
 pub mod registry;
 pub mod streaming;
+pub mod tmpfs;
 pub mod util;
 
 pub use berthd::{Berthd, BerthdOptions, MAPPED_REGISTRIES, RegistryEntry};

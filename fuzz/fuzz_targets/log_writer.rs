@@ -1,6 +1,6 @@
 //! The CRI log line writer, driven as the monitor drives it: chunks of container output
 //! are appended to a pending buffer, split into entries (`split_entries`) and written with
-//! `write_entry` to a file; at the end the stream hits EOF. Every line written must be
+//! `format_entry` to a file; at the end the stream hits EOF. Every line written must be
 //! `<RFC 3339 timestamp, 9 fractional digits, Z> <stdout|stderr> <P|F> <content>` with the
 //! timestamp given, content at most MAX_LINE bytes, and the contents (F adding the newline)
 //! must give back the input, `\r` aside (a `\r` before a newline is dropped).
@@ -11,8 +11,8 @@
 #![no_main]
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::{AsFd, FromRawFd};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::FromRawFd;
 use std::sync::OnceLock;
 
 use berth_monitor::logfmt::{self, MAX_LINE, Stream};
@@ -131,8 +131,9 @@ fuzz_target!(|data: &[u8]| {
     let mut input: Vec<u8> = Vec::new();
     let mut write = |pending: &[u8], eof: bool| {
         logfmt::split_entries(pending, eof, |full, content| {
-            logfmt::write_entry(file.as_fd(), &mut scratch, ts, stream, full, content)
-                .expect("write to a memfd");
+            scratch.clear();
+            logfmt::format_entry(&mut scratch, ts, stream, full, content);
+            (&*file).write_all(&scratch).expect("write to a memfd");
         })
     };
     for chunk in chunks(rest) {

@@ -81,16 +81,27 @@ where
             .get("grpc-timeout")
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout);
+        // Fixed now, as tonic fixes its own when the call comes in: an async block's first
+        // poll can come later than that on a busy node.
+        let deadline = timeout.map(|t| (t, tokio::time::Instant::now() + t.saturating_sub(MARGIN)));
         let fut = self.inner.call(req);
-        match timeout {
+        match deadline {
             None => Box::pin(fut),
-            Some(t) => Box::pin(async move {
-                match tokio::time::timeout(t.saturating_sub(MARGIN), fut).await {
-                    Ok(res) => res,
-                    Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+            Some((t, at)) => Box::pin(async move {
+                let passed = || {
+                    Ok(tonic::Status::deadline_exceeded(format!(
                         "the call's deadline ({t:?}, grpc-timeout) passed"
                     ))
-                    .into_http()),
+                    .into_http())
+                };
+                // A deadline already past answers at once: a timer would wait for the next
+                // tick of the timer wheel, which tonic's may share.
+                if tokio::time::Instant::now() >= at {
+                    return passed();
+                }
+                match tokio::time::timeout_at(at, fut).await {
+                    Ok(res) => res,
+                    Err(_) => passed(),
                 }
             }),
         }

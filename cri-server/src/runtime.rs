@@ -133,7 +133,8 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
             status: Some(cri::RuntimeStatus { conditions }),
             info,
             // As containerd: the default handler under "" and every configured one by
-            // name; berth supports neither recursive read-only mounts nor user namespaces.
+            // name. User namespaces where the kernel makes overlays of idmapped layers
+            // (probed at start); no recursive read-only mounts yet.
             runtime_handlers: self
                 .pods
                 .handler_names()
@@ -142,14 +143,14 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
                     name,
                     features: Some(cri::RuntimeHandlerFeatures {
                         recursive_read_only_mounts: false,
-                        user_namespaces: false,
+                        user_namespaces: self.pods.user_namespaces(),
                     }),
                 })
                 .collect(),
             features: Some(cri::RuntimeFeatures {
                 // Merge and Strict (oci/spec.rs); ContainerStatus.user says what came of it.
                 supplemental_groups_policy: true,
-                // berth offers no user namespaces at all yet.
+                // A pod with its own user namespace owns its network namespace too.
                 user_namespaces_host_network: false,
             }),
         }))

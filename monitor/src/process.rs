@@ -27,16 +27,35 @@ pub const PAUSE_PID_FILE: &str = "pause.pid";
 const MONITOR_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Starts `<binary> pause` as PID 1 of a new PID namespace, detached (see the module
-/// doc), and writes its host pid to `<pod_dir>/pause.pid`. Called from berthd, the pause
-/// process is reparented to the host's init (or the nearest subreaper); prefer
-/// `MonitorClient::spawn_pause` (runtime-core), which makes it a child of the pod's monitor.
-/// Blocking.
-pub fn spawn_pause_in_new_pidns(binary: &Path, pod_dir: &Path) -> Result<i32, MonitorError> {
+/// doc), and writes its host pid to `<pod_dir>/pause.pid`. With `userns` (a pod's pinned
+/// user namespace) it enters that namespace first, so that the PID namespace belongs to
+/// it. Called from berthd, the pause process is reparented to the host's init (or the
+/// nearest subreaper); prefer `MonitorClient::spawn_pause` (runtime-core), which makes it
+/// a child of the pod's monitor. Blocking.
+pub fn spawn_pause_in_new_pidns(
+    binary: &Path,
+    pod_dir: &Path,
+    userns: Option<&Path>,
+) -> Result<i32, MonitorError> {
     let pod_dir = absolute(pod_dir)?;
     let devnull = open_devnull()?;
     let fd = devnull.as_raw_fd();
+    let userns = userns
+        .map(|p| {
+            std::fs::File::open(p)
+                .map(OwnedFd::from)
+                .map_err(|e| MonitorError::io(format!("cannot open {}", p.display()), e))
+        })
+        .transpose()?;
     let argv = [binary.as_os_str(), OsStr::new("pause")];
-    let pid = detached_exec(binary, &argv, [fd, fd, fd], true)?;
+    let pid = detached_exec(
+        binary,
+        &argv,
+        [fd, fd, fd],
+        Namespaces::NewPid {
+            userns: userns.as_ref().map(|f| f.as_raw_fd()),
+        },
+    )?;
     let pid_file = pod_dir.join(PAUSE_PID_FILE);
     if let Err(e) = write_pid_file(&pid_file, pid) {
         kill_pid(pid);
@@ -159,7 +178,7 @@ pub fn ping_sync(socket: &Path) -> Result<i32, MonitorError> {
 /// What the forked children report on the status pipe.
 const TAG_PID: u8 = b'P';
 const TAG_ERR: u8 = b'E';
-const STAGES: [&str; 7] = [
+const STAGES: [&str; 8] = [
     "",
     "setsid",
     "unshare(CLONE_NEWPID)",
@@ -167,17 +186,32 @@ const STAGES: [&str; 7] = [
     "chdir /",
     "dup2",
     "exec",
+    "setns(CLONE_NEWUSER)",
 ];
+
+/// The namespaces of a program [`detached_exec`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespaces {
+    /// berthd's or the monitor's own.
+    Inherited,
+    /// A new PID namespace, owned by the user namespace of the open file `userns` when set
+    /// (entered first).
+    NewPid {
+        /// An open user namespace file.
+        userns: Option<RawFd>,
+    },
+}
 
 /// Double-forks and execs `program` with `argv` and only [`MONITOR_PATH`] in the
 /// environment; `stdio` become fds 0, 1, 2 and every other fd is closed on exec. With
-/// `new_pidns` the intermediate child unshares the PID namespace first, so the program is
-/// PID 1 of a new one. Returns the program's host pid once it has exec'd.
+/// [`Namespaces::NewPid`] the intermediate child unshares the PID namespace first (after
+/// entering the user namespace, if any), so the program is PID 1 of a new one. Returns the
+/// program's host pid once it has exec'd.
 pub fn detached_exec(
     program: &Path,
     argv: &[&OsStr],
     stdio: [RawFd; 3],
-    new_pidns: bool,
+    namespaces: Namespaces,
 ) -> Result<i32, MonitorError> {
     let cstr = |s: &OsStr| {
         CString::new(s.as_bytes()).map_err(|_| MonitorError::BadRequest {
@@ -228,7 +262,7 @@ pub fn detached_exec(
                 &arg_ptrs,
                 &env_ptrs,
                 stdio,
-                new_pidns,
+                namespaces,
                 max_fd,
             )
         }
@@ -280,9 +314,13 @@ unsafe fn child_side(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char; 2],
     stdio: [RawFd; 3],
-    new_pidns: bool,
+    namespaces: Namespaces,
     max_fd: i32,
 ) -> ! {
+    let (new_pidns, userns) = match namespaces {
+        Namespaces::Inherited => (false, None),
+        Namespaces::NewPid { userns } => (true, userns),
+    };
     unsafe {
         let fail = |stage: u8| -> ! {
             let errno = *libc::__errno_location();
@@ -293,6 +331,12 @@ unsafe fn child_side(
         };
         if libc::setsid() < 0 {
             fail(1);
+        }
+        // The forked child has one thread, as setns into a user namespace requires.
+        if let Some(fd) = userns
+            && libc::setns(fd, libc::CLONE_NEWUSER) != 0
+        {
+            fail(7);
         }
         if new_pidns && libc::unshare(libc::CLONE_NEWPID) != 0 {
             fail(2);

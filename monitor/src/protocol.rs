@@ -138,7 +138,12 @@ pub enum Request {
     Ping,
     /// Start `berth-monitor pause` as PID 1 of a new PID namespace, as a child of the
     /// monitor; answers its host pid and writes `<pod_dir>/pause.pid`.
-    SpawnPause,
+    SpawnPause {
+        /// The pod's pinned user namespace, entered first so that it owns the PID
+        /// namespace (pods with `hostUsers: false`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        userns: Option<std::path::PathBuf>,
+    },
     /// Attach to a running container's stdio; answered by `attached`, then frames.
     Attach {
         /// The container ID.

@@ -404,7 +404,7 @@ async fn rss_with_one_running_container() {
 async fn pause_is_pid1_of_a_new_pid_namespace() {
     let mut fx = Fixture::new();
     // Detached, from the caller.
-    let pid = monitor::spawn_pause_in_new_pidns(&monitor_bin(), &fx.pod_dir).unwrap();
+    let pid = monitor::spawn_pause_in_new_pidns(&monitor_bin(), &fx.pod_dir, None).unwrap();
     fx.pause_pids.push(pid);
     let nspid = status_field(pid, "NSpid").unwrap();
     assert_eq!(
@@ -426,7 +426,7 @@ async fn pause_is_pid1_of_a_new_pid_namespace() {
         process_gone(pid).then_some(())
     });
     // Through the monitor: the monitor is its parent.
-    let pid2 = fx.client.spawn_pause().await.unwrap();
+    let pid2 = fx.client.spawn_pause(None).await.unwrap();
     fx.pause_pids.push(pid2);
     let nspid = status_field(pid2, "NSpid").unwrap();
     assert_eq!(nspid.split_whitespace().nth(1), Some("1"));

@@ -214,6 +214,23 @@ pub fn create_private_dir(path: &Path) -> Result<()> {
         .map_err(|e| Error::io("create directory", path, e))
 }
 
+/// Lets anyone traverse (not list) the directory `path` by adding the group and other
+/// execute bits: the OCI runtime mounts a user-namespaced container's rootfs and volumes as
+/// the container's root, which owns nothing of the path to the bundle (containerd keeps
+/// such directories at 0711 for the same reason).
+pub fn allow_traversal(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(path)
+        .map_err(|e| Error::io("stat", path, e))?
+        .permissions()
+        .mode();
+    if mode & 0o011 == 0o011 {
+        return Ok(());
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode((mode | 0o011) & 0o7777))
+        .map_err(|e| Error::io("chmod", path, e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -216,7 +216,7 @@ impl Server {
                 pid: std::process::id() as i32,
                 protocol: PROTOCOL_VERSION,
             },
-            Request::SpawnPause => match self.spawn_pause() {
+            Request::SpawnPause { userns } => match self.spawn_pause(userns.as_deref()) {
                 Ok(pid) => Reply::Pause { pid },
                 Err(error) => Reply::Error { error },
             },

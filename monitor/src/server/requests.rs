@@ -1,7 +1,7 @@
 //! The requests of the protocol (all but the ones answered by the connection code).
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::error::MonitorError;
@@ -164,14 +164,14 @@ impl Server {
         }
     }
 
-    pub(super) fn spawn_pause(&mut self) -> Result<i32, MonitorError> {
+    pub(super) fn spawn_pause(&mut self, userns: Option<&Path>) -> Result<i32, MonitorError> {
         // The pause process is double-forked; being a subreaper, the monitor becomes its
         // parent when the intermediate child exits.
         let exe = std::env::current_exe()
             .ok()
             .filter(|p| p.exists())
             .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
-        process::spawn_pause_in_new_pidns(&exe, &self.pod_dir)
+        process::spawn_pause_in_new_pidns(&exe, &self.pod_dir, userns)
     }
 }
 

@@ -88,9 +88,13 @@ impl MonitorClient {
     }
 
     /// Starts the pod's pause process (PID 1 of a new PID namespace) as a child of the
-    /// monitor; returns its host pid. The monitor also writes `<pod_dir>/pause.pid`.
-    pub async fn spawn_pause(&self) -> Result<i32, MonitorError> {
-        match self.call(&Request::SpawnPause, REQUEST_TIMEOUT).await? {
+    /// monitor; returns its host pid. The monitor also writes `<pod_dir>/pause.pid`. With
+    /// `userns` (the pod's pinned user namespace) the PID namespace belongs to it.
+    pub async fn spawn_pause(&self, userns: Option<&Path>) -> Result<i32, MonitorError> {
+        let req = Request::SpawnPause {
+            userns: userns.map(Path::to_path_buf),
+        };
+        match self.call(&req, REQUEST_TIMEOUT).await? {
             Reply::Pause { pid } => Ok(pid),
             other => Err(unexpected(other)),
         }

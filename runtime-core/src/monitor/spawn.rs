@@ -14,7 +14,9 @@ pub use berth_monitor::process::{
     LOG_FILE, PAUSE_PID_FILE, PID_FILE, SOCKET_NAME, check_socket_path, ping_sync, process_alive,
     spawn_pause_in_new_pidns, write_pid_file,
 };
-use berth_monitor::process::{absolute, detached_exec, kill_pid, open_devnull, open_log};
+use berth_monitor::process::{
+    Namespaces, absolute, detached_exec, kill_pid, open_devnull, open_log,
+};
 
 /// How long [`spawn`] waits for the monitor's socket to answer.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -44,7 +46,7 @@ pub fn spawn(binary: &Path, pod_dir: &Path) -> Result<MonitorInfo, MonitorError>
         binary,
         &argv,
         [devnull.as_raw_fd(), log.as_raw_fd(), log.as_raw_fd()],
-        false,
+        Namespaces::Inherited,
     )?;
     drop((log, devnull));
     let deadline = Instant::now() + READY_TIMEOUT;

@@ -147,6 +147,15 @@ pub enum PidMode {
     Target(PathBuf),
 }
 
+/// A pod's own user namespace, as the container joins it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserNs {
+    /// The pinned namespace file.
+    pub path: PathBuf,
+    /// Its mappings (the OCI runtime works out the host IDs of root from them).
+    pub mappings: crate::sandbox::userns::Mappings,
+}
+
 /// Everything [`build_spec`] needs to know about one container.
 #[derive(Debug, Clone)]
 pub struct SpecInputs<'a> {
@@ -171,6 +180,8 @@ pub struct SpecInputs<'a> {
     pub uts_ns: Option<PathBuf>,
     /// The PID namespace.
     pub pid: PidMode,
+    /// The pod's own user namespace (`hostUsers: false`); `None` is the host's.
+    pub user_ns: Option<UserNs>,
     /// The pod's hostname file, bound on `/etc/hostname`.
     pub hostname_file: Option<PathBuf>,
     /// The pod's hosts file, bound on `/etc/hosts`.
@@ -373,6 +384,19 @@ pub fn build_spec_for(inputs: &SpecInputs, cgroups: CgroupFeatures) -> Result<Sp
         Some(PathBuf::from(&inputs.cgroups_path))
     });
     linux.set_namespaces(Some(namespaces(inputs, privileged)));
+    if let Some(u) = &inputs.user_ns {
+        let map = |r: crate::sandbox::userns::IdRange| {
+            oci_spec::runtime::LinuxIdMappingBuilder::default()
+                .container_id(r.container_id)
+                .host_id(r.host_id)
+                .size(r.length)
+                .build()
+                .map(|m| vec![m])
+                .map_err(|e| invalid(format!("user namespace mapping: {e}")))
+        };
+        linux.set_uid_mappings(Some(map(u.mappings.uids)?));
+        linux.set_gid_mappings(Some(map(u.mappings.gids)?));
+    }
     linux.set_devices(if devices.is_empty() {
         None
     } else {
@@ -924,6 +948,10 @@ fn namespaces(inputs: &SpecInputs, privileged: bool) -> Vec<LinuxNamespace> {
         n
     };
     let mut out = Vec::new();
+    // First, so that the OCI runtime joins it before the namespaces it owns.
+    if let Some(u) = &inputs.user_ns {
+        out.push(ns(LinuxNamespaceType::User, Some(u.path.clone())));
+    }
     match &inputs.pid {
         PidMode::Host => {}
         PidMode::Container => out.push(ns(LinuxNamespaceType::Pid, None)),
@@ -1009,6 +1037,7 @@ mod tests {
         ipc_ns: Option<PathBuf>,
         uts_ns: Option<PathBuf>,
         pid: PidMode,
+        user_ns: Option<UserNs>,
         hostname_file: Option<PathBuf>,
         hosts_file: Option<PathBuf>,
         resolv_conf: Option<PathBuf>,
@@ -1081,6 +1110,7 @@ mod tests {
                 ipc_ns: Some("/proc/4242/ns/ipc".into()),
                 uts_ns: Some("/proc/4242/ns/uts".into()),
                 pid: PidMode::Container,
+                user_ns: None,
                 hostname_file: Some(pod.join("hostname")),
                 hosts_file: Some(pod.join("hosts")),
                 resolv_conf: Some(pod.join("resolv.conf")),
@@ -1138,6 +1168,7 @@ mod tests {
                 ipc_ns: self.ipc_ns.clone(),
                 uts_ns: self.uts_ns.clone(),
                 pid: self.pid.clone(),
+                user_ns: self.user_ns.clone(),
                 hostname_file: self.hostname_file.clone(),
                 hosts_file: self.hosts_file.clone(),
                 resolv_conf: self.resolv_conf.clone(),
@@ -2323,6 +2354,50 @@ mod tests {
         assert_eq!(ns_of(&s), vec![(Mount, None), (Cgroup, None)]);
         // Never a hostname: the UTS namespace is not the container's own.
         assert!(s.hostname().is_none());
+    }
+
+    #[test]
+    fn a_pod_user_namespace_is_joined_first_with_its_mappings() {
+        use crate::sandbox::userns::{IdRange, Mappings};
+        let mut f = Fixture::new();
+        let range = |host_id| IdRange {
+            container_id: 0,
+            host_id,
+            length: 65536,
+        };
+        f.user_ns = Some(UserNs {
+            path: "/run/berth/pods/p/ns/user".into(),
+            mappings: Mappings {
+                uids: range(65536),
+                gids: range(131072),
+            },
+        });
+        let s = f.build().unwrap();
+        let ns = ns_of(&s);
+        assert_eq!(
+            ns[0],
+            (
+                LinuxNamespaceType::User,
+                Some("/run/berth/pods/p/ns/user".into())
+            )
+        );
+        let l = linux(&s);
+        let m = l.uid_mappings().clone().unwrap();
+        assert_eq!(
+            (m.len(), m[0].container_id(), m[0].host_id(), m[0].size()),
+            (1, 0, 65536, 65536)
+        );
+        let g = l.gid_mappings().clone().unwrap();
+        assert_eq!((g[0].host_id(), g[0].size()), (131072, 65536));
+        // Without one: no user namespace and no mappings.
+        f.user_ns = None;
+        let s = f.build().unwrap();
+        assert!(
+            ns_of(&s)
+                .iter()
+                .all(|(t, _)| *t != LinuxNamespaceType::User)
+        );
+        assert!(linux(&s).uid_mappings().is_none());
     }
 
     #[test]

@@ -11,7 +11,6 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use berth_cri::v1 as cri;
-use nix::mount::MsFlags;
 
 use super::records::{self, ContainerRecord, SandboxState};
 use super::{PodService, new_id, now_ns, release_name};
@@ -306,29 +305,21 @@ impl PodService {
         } else {
             lowers.to_vec()
         };
-        let lowerdir = lowers
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(":");
-        let data = format!(
-            "lowerdir={lowerdir},upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        );
-        nix::mount::mount(
-            Some("overlay"),
-            &rootfs,
-            Some("overlay"),
-            MsFlags::empty(),
-            Some(data.as_str()),
-        )
-        .map_err(|e| {
-            Error::Internal(format!("mount overlay rootfs at {}: {e}", rootfs.display()))
-        })?;
+        let user_ns = container_user_ns(pod, &rec.config)?;
+        let userns_fd = user_ns
+            .as_ref()
+            .map(|u| crate::sandbox::idmap::open_userns(&u.path))
+            .transpose()?;
+        let idmap = userns_fd
+            .as_ref()
+            .zip(user_ns.as_ref().map(|u| u.mappings.root()));
+        super::usermounts::mount_rootfs(&rootfs, &lowers, &upper, &work, idmap)?;
         let mut mounted = Vec::with_capacity(volumes.len());
         for v in volumes {
-            mounted.push((v.index, super::imagevolumes::mount(&rec.bundle, v)?));
+            mounted.push((
+                v.index,
+                super::imagevolumes::mount(&rec.bundle, v, userns_fd.as_ref())?,
+            ));
         }
         let mut spec_config = rec.config.clone();
         spec_config.mounts = super::imagevolumes::with_host_paths(&rec.config.mounts, &mounted);
@@ -366,6 +357,7 @@ impl PodService {
             ipc_ns: pod.namespaces.ipc.clone(),
             uts_ns: pod.namespaces.uts.clone(),
             pid,
+            user_ns,
             hostname_file: Some(pod.hostname_file.clone()),
             hosts_file: Some(pod.hosts_file.clone()),
             resolv_conf: Some(pod.resolv_file.clone()),
@@ -375,7 +367,17 @@ impl PodService {
             min_oom_score_adj: self.inner.min_oom_score_adj,
             sandbox_id: &pod.id,
         };
-        let spec = crate::oci::spec::build_spec(&inputs)?;
+        let mut spec = crate::oci::spec::build_spec(&inputs)?;
+        if let Some(fd) = &userns_fd {
+            let skip: Vec<usize> = mounted.iter().map(|(i, _)| *i).collect();
+            super::usermounts::idmap_volumes(
+                &mut spec,
+                &spec_config.mounts,
+                &skip,
+                &rec.bundle,
+                fd,
+            )?;
+        }
         let user = spec.process().as_ref().map(|p| {
             let u = p.user();
             (
@@ -388,8 +390,20 @@ impl PodService {
             .map_err(|e| Error::Internal(format!("encode OCI spec: {e}")))?;
         // Read by the OCI runtime at start only, never after a crash (a bundle without a
         // record is removed, and a container is not started twice): no fsync, no rename.
+        // Root's only: it holds the environment (secrets), and the path to it is open to
+        // traversal for user-namespaced containers.
         let path = rec.bundle.join("config.json");
-        std::fs::write(&path, &json).map_err(|e| Error::io("write", &path, e))?;
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .and_then(|mut f| f.write_all(&json))
+                .map_err(|e| Error::io("write", &path, e))?;
+        }
         Ok(user)
     }
 
@@ -787,10 +801,44 @@ impl PodService {
 }
 
 fn cleanup_bundle(bundle: &Path, dir: &Path) {
-    crate::sandbox::files::unmount(&bundle.join("rootfs"));
-    super::imagevolumes::unmount_all(bundle);
-    let _ = crate::fsutil::remove_all(bundle);
+    if super::usermounts::unmount_bundle(bundle) {
+        let _ = crate::fsutil::remove_all(bundle);
+    }
     let _ = crate::fsutil::remove_all(dir);
+}
+
+/// The pod's user namespace as a container joins it, or `None` for the host's. A container
+/// that asks for other user namespace options than its pod's is refused (kubelet sends the
+/// pod's).
+fn container_user_ns(
+    pod: &records::SandboxRecord,
+    config: &cri::ContainerConfig,
+) -> Result<Option<crate::oci::spec::UserNs>> {
+    let pod_mappings = crate::sandbox::userns::from_pod_options(&pod.ns_options())?;
+    let asked = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.as_ref())
+        .filter(|n| n.userns_options.is_some());
+    if let Some(nso) = asked
+        && crate::sandbox::userns::from_pod_options(nso)? != pod_mappings
+    {
+        return Err(Error::InvalidArgument(
+            "the container's user namespace options differ from its pod's".into(),
+        ));
+    }
+    match (pod_mappings, &pod.namespaces.user) {
+        (Some(mappings), Some(path)) => Ok(Some(crate::oci::spec::UserNs {
+            path: path.clone(),
+            mappings,
+        })),
+        (Some(_), None) => Err(Error::FailedPrecondition(format!(
+            "pod sandbox {} has no pinned user namespace",
+            pod.id
+        ))),
+        (None, _) => Ok(None),
+    }
 }
 
 /// The absolute log path of a container: `log_directory` joined with the relative

@@ -9,6 +9,7 @@
 //! container uses it this way, and ContainerStatus reports its ID in the mount's
 //! `image.image_ref`.
 
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
 use berth_cri::v1 as cri;
@@ -86,11 +87,32 @@ fn resolve_sub_path(root: &Path, sub: &Path, image: &str) -> Result<PathBuf> {
     Ok(at)
 }
 
-/// Mounts `vol` in `bundle` and returns the host path the container's mount binds.
-pub(crate) fn mount(bundle: &Path, vol: &ImageVolume) -> Result<PathBuf> {
+/// Mounts `vol` in `bundle` and returns the host path the container's mount binds. In a
+/// pod with a user namespace of its own (`userns`) the image's layers are idmapped.
+pub(crate) fn mount(bundle: &Path, vol: &ImageVolume, userns: Option<&OwnedFd>) -> Result<PathBuf> {
     let target = bundle.join(DIR).join(vol.index.to_string());
     std::fs::create_dir_all(&target).map_err(|e| Error::io("create", &target, e))?;
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    if let Some(fd) = userns {
+        match vol.lowers.as_slice() {
+            [] => {}
+            [only] => {
+                crate::sandbox::idmap::bind(only, &target, fd, false)?;
+                nix::mount::mount(
+                    None::<&str>,
+                    &target,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
+                    None::<&str>,
+                )
+                .map_err(|e| {
+                    Error::Internal(format!("make {} read-only: {e}", target.display()))
+                })?;
+            }
+            lowers => crate::sandbox::idmap::mount_overlay(&target, lowers, None, fd)?,
+        }
+        return finish(target, vol);
+    }
     let mounted = match vol.lowers.as_slice() {
         // An image without layers is an empty directory.
         [] => Ok(()),
@@ -133,6 +155,11 @@ pub(crate) fn mount(bundle: &Path, vol: &ImageVolume) -> Result<PathBuf> {
             target.display()
         ))
     })?;
+    finish(target, vol)
+}
+
+/// The path to bind of the image volume mounted at `target`.
+fn finish(target: PathBuf, vol: &ImageVolume) -> Result<PathBuf> {
     if vol.sub_path.as_os_str().is_empty() {
         return Ok(target);
     }

@@ -17,6 +17,7 @@ pub mod stats;
 pub mod store;
 mod streaming;
 mod supervision;
+mod usermounts;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -152,6 +153,8 @@ pub(crate) struct Inner {
     pub(crate) sync: crate::fsutil::SyncQueue,
     /// Starts the kernel's grace period of a cgroup move before the OCI runtime's move.
     pub(crate) warmer: crate::cgroupwarm::JoinWarmer,
+    /// Whether pods can have user namespaces of their own (and why not), probed at start.
+    pub(crate) userns_support: std::result::Result<(), String>,
 }
 
 /// Runs pods and containers.
@@ -171,6 +174,13 @@ impl PodService {
             opts.state.join("containers"),
         ] {
             crate::fsutil::create_private_dir(&d)?;
+        }
+        for d in [
+            opts.state.clone(),
+            opts.state.join("pods"),
+            opts.state.join("containers"),
+        ] {
+            crate::fsutil::allow_traversal(&d)?;
         }
         for rt in opts.handlers.values() {
             crate::fsutil::create_private_dir(&rt.root)?;
@@ -193,6 +203,17 @@ impl PodService {
                 min = min_oom_score_adj,
                 "no CAP_SYS_RESOURCE: container oom_score_adj values below {min_oom_score_adj} are clamped to it (like containerd's restrict_oom_score_adj)"
             );
+        }
+        let userns_support = tokio::task::spawn_blocking({
+            let scratch = opts.state.join("userns-probe");
+            move || crate::sandbox::userns::probe(&scratch)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("user namespace probe task: {e}")))
+        .and_then(|r| r)
+        .map_err(|e| e.to_string());
+        if let Err(why) = &userns_support {
+            tracing::info!(reason = %why, "pods cannot have user namespaces of their own (hostUsers: false) on this node");
         }
         let sync = crate::fsutil::SyncQueue::start();
         // After a restart of berthd the page cache still has an ADD's cache entry; lost in
@@ -219,6 +240,7 @@ impl PodService {
             oom_kills: std::sync::atomic::AtomicU64::new(0),
             monitor_deaths: std::sync::atomic::AtomicU64::new(0),
             names: Mutex::new(HashSet::new()),
+            userns_support,
             min_oom_score_adj: if has_cap_sys_resource() {
                 -1000
             } else {
@@ -228,6 +250,12 @@ impl PodService {
         let svc = PodService { inner };
         svc.recover().await;
         Ok(svc)
+    }
+
+    /// Whether pods can have user namespaces of their own on this node (the kernel creates
+    /// them and overlays of idmapped layers).
+    pub fn user_namespaces(&self) -> bool {
+        self.inner.userns_support.is_ok()
     }
 
     /// Waits until every record written so far is on disk (or `timeout`; false then).

@@ -41,9 +41,9 @@ impl PodService {
             if !ctrs.contains(&id) {
                 let bundle = opts.state.join("containers").join(&id);
                 tracing::warn!(container = %id, "removing bundle left by an interrupted create");
-                crate::sandbox::files::unmount(&bundle.join("rootfs"));
-                super::imagevolumes::unmount_all(&bundle);
-                let _ = crate::fsutil::remove_all(&bundle);
+                if super::usermounts::unmount_bundle(&bundle) {
+                    let _ = crate::fsutil::remove_all(&bundle);
+                }
             }
         }
         for id in names(&opts.root.join("containers"), is_id) {
@@ -58,7 +58,7 @@ impl PodService {
             }
             let dir = opts.state.join("pods").join(&short);
             tracing::warn!(pod = %short, "removing pod directory left by an interrupted RunPodSandbox");
-            for ns in ["net", "ipc", "uts"] {
+            for ns in crate::sandbox::ns::PINNED_FILES {
                 crate::sandbox::ns::unpin_path(&dir.join("ns").join(ns));
             }
             crate::sandbox::files::unmount(&dir.join("shm"));

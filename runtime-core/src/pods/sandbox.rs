@@ -57,6 +57,21 @@ impl PodService {
         // Checked before anything is set up: otherwise a malformed request would only fail
         // while the pod's network is being attached, and cost an ADD and a DEL.
         files::resolv_content(config.dns_config.as_ref())?;
+        let userns = crate::sandbox::userns::from_pod_options(
+            &config
+                .linux
+                .as_ref()
+                .and_then(|l| l.security_context.as_ref())
+                .and_then(|s| s.namespace_options.clone())
+                .unwrap_or_default(),
+        )?;
+        if userns.is_some()
+            && let Err(why) = &self.inner.userns_support
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "this node cannot give pods their own user namespace: {why}"
+            )));
+        }
         let runtime = self.runtime(runtime_handler)?;
         let guard = self.reserve(
             name_key(&meta),
@@ -107,6 +122,7 @@ impl PodService {
             // The UTS namespace goes with the network one: a hostNetwork pod sees the
             // node's hostname, as with containerd.
             uts: !host_net,
+            user: userns,
         };
         let planned = planned_namespaces(&dir, request);
         rec.namespaces = planned.clone();
@@ -325,8 +341,10 @@ impl PodService {
         if nso.pid == cri::NamespaceMode::Pod as i32 {
             // The infra process is the monitor's child, so the monitor reaps it.
             let client = monitor::MonitorClient::new(rec.monitor_socket.clone());
+            // In a pod with its own user namespace the PID namespace must be owned by it
+            // (so containers can mount /proc): the pause process enters it first.
             let pid = tokio::runtime::Handle::current()
-                .block_on(client.spawn_pause())
+                .block_on(client.spawn_pause(rec.namespaces.user.as_deref()))
                 .map_err(|e| Error::Internal(format!("start pod infra process: {e}")))?;
             rec.pause_pid = Some(pid);
         }
@@ -593,6 +611,7 @@ fn planned_namespaces(dir: &Path, request: ns::NamespaceRequest) -> ns::PinnedNa
         network: file(request.network, "net"),
         ipc: file(request.ipc, "ipc"),
         uts: file(request.uts, "uts"),
+        user: file(request.user.is_some(), "user"),
     }
 }
 

@@ -1,4 +1,6 @@
 //! Pod sandboxes: pinned namespaces, pod files, /dev/shm, the pod cgroup, the monitor.
 
 pub mod files;
+pub mod idmap;
 pub mod ns;
+pub mod userns;

@@ -25,6 +25,9 @@ pub struct NamespaceRequest {
     pub ipc: bool,
     /// A new UTS namespace.
     pub uts: bool,
+    /// A user namespace of the pod's own with these mappings (`hostUsers: false`), owning
+    /// the namespaces above.
+    pub user: Option<super::userns::Mappings>,
 }
 
 /// Paths of pinned namespace files; `None` for a host namespace.
@@ -36,18 +39,29 @@ pub struct PinnedNamespaces {
     pub ipc: Option<PathBuf>,
     /// UTS namespace file.
     pub uts: Option<PathBuf>,
+    /// User namespace file (pods with `hostUsers: false`).
+    #[serde(default)]
+    pub user: Option<PathBuf>,
 }
 
 impl PinnedNamespaces {
     /// Every pinned file.
     pub fn paths(&self) -> impl Iterator<Item = &PathBuf> {
-        [&self.network, &self.ipc, &self.uts].into_iter().flatten()
+        [&self.network, &self.ipc, &self.uts, &self.user]
+            .into_iter()
+            .flatten()
     }
 }
 
-/// Creates and pins the requested namespaces under `dir` (`net`, `ipc`, `uts`). `hostname`
-/// is set in a new UTS namespace. On error nothing stays pinned.
+/// The file names `pin` may create in its directory.
+pub const PINNED_FILES: [&str; 4] = ["net", "ipc", "uts", "user"];
+
+/// Creates and pins the requested namespaces under `dir` (`net`, `ipc`, `uts`, `user`).
+/// `hostname` is set in a new UTS namespace. On error nothing stays pinned. Blocking.
 pub fn pin(dir: &Path, req: NamespaceRequest, hostname: &str) -> Result<PinnedNamespaces> {
+    if let Some(mappings) = req.user {
+        return super::userns::pin(dir, req, mappings, hostname);
+    }
     if !req.network && !req.ipc && !req.uts {
         return Ok(PinnedNamespaces::default());
     }
@@ -85,7 +99,7 @@ fn pin_on_this_thread(
             .map_err(|e| Error::InvalidArgument(format!("set hostname {hostname:?}: {e}")))?;
     }
     if req.network {
-        loopback_up()?;
+        loopback_up_raw().map_err(|e| Error::Internal(format!("bring lo up: {e}")))?;
     }
     let mut pinned = PinnedNamespaces::default();
     let result = (|| {
@@ -110,9 +124,15 @@ fn pin_on_this_thread(
 }
 
 fn bind_ns(dir: &Path, kind: &str) -> Result<PathBuf> {
+    bind_ns_from("/proc/thread-self/ns", dir, kind)
+}
+
+/// Bind-mounts `<proc_ns>/<kind>` (a process's or thread's namespace directory) onto
+/// `<dir>/<kind>`.
+pub(super) fn bind_ns_from(proc_ns: &str, dir: &Path, kind: &str) -> Result<PathBuf> {
     let target = dir.join(kind);
     fs::File::create(&target).map_err(|e| Error::io("create", &target, e))?;
-    let source = format!("/proc/thread-self/ns/{kind}");
+    let source = format!("{proc_ns}/{kind}");
     nix::mount::mount(
         Some(source.as_str()),
         &target,
@@ -127,15 +147,15 @@ fn bind_ns(dir: &Path, kind: &str) -> Result<PathBuf> {
     Ok(target)
 }
 
-/// Sets IFF_UP on `lo` of the calling thread's network namespace.
-fn loopback_up() -> Result<()> {
+/// Sets IFF_UP on `lo` of the calling thread's network namespace. Only system calls, no
+/// allocation: the user namespace helper calls it between fork and exit.
+pub(super) fn loopback_up_raw() -> std::result::Result<(), nix::errno::Errno> {
     let sock = nix::sys::socket::socket(
         nix::sys::socket::AddressFamily::Inet,
         nix::sys::socket::SockType::Datagram,
         nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         None,
-    )
-    .map_err(|e| Error::Internal(format!("socket for lo: {e}")))?;
+    )?;
     // SAFETY: ifreq is plain old data; the name is NUL-terminated within IFNAMSIZ and the
     // ioctls only read / write that struct.
     unsafe {
@@ -144,17 +164,11 @@ fn loopback_up() -> Result<()> {
             ifr.ifr_name[i] = *b as libc::c_char;
         }
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) < 0 {
-            return Err(Error::Internal(format!(
-                "get lo flags: {}",
-                std::io::Error::last_os_error()
-            )));
+            return Err(nix::errno::Errno::last());
         }
         ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) < 0 {
-            return Err(Error::Internal(format!(
-                "bring lo up: {}",
-                std::io::Error::last_os_error()
-            )));
+            return Err(nix::errno::Errno::last());
         }
     }
     Ok(())
@@ -245,6 +259,7 @@ mod tests {
                 network: true,
                 ipc: true,
                 uts: true,
+                user: None,
             },
             "pod-host",
         )
@@ -276,6 +291,7 @@ mod tests {
                 network: false,
                 ipc: false,
                 uts: false,
+                user: None,
             },
             "h",
         )

@@ -226,6 +226,12 @@ impl Berthd {
             .tempdir()?;
         std::fs::create_dir_all(dir.path().join("root"))?;
         std::fs::create_dir_all(dir.path().join("state"))?;
+        // As /run is: the OCI runtime reaches a user-namespaced container's rootfs under
+        // the state dir as the container's root, which owns none of the path.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+        }
         let metrics_addr = if opts.metrics {
             Some(format!("127.0.0.1:{}", free_port()?))
         } else {

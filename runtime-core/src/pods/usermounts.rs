@@ -1,0 +1,130 @@
+//! The mounts of a container's bundle: its rootfs and, in a pod with a user namespace of
+//! its own (`hostUsers: false`), idmapped clones of its bind volumes, so that what is
+//! root's on the host is root's inside and no file is chowned (see `sandbox::idmap`).
+//!
+//! An idmapped volume is mounted at `<bundle>/idmapped/<n>` (`n` the index of the CRI
+//! mount) and the OCI spec binds that instead of the host path. Every mount goes with the
+//! bundle; the bundle is only removed once none of them is left mounted, since removing a
+//! directory tree would otherwise delete a volume's files on the host.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use oci_spec::runtime::Spec;
+
+use crate::sandbox::idmap;
+use crate::{Error, Result};
+
+/// Where idmapped volumes are mounted in a bundle.
+const DIR: &str = "idmapped";
+
+/// Mounts the container's rootfs at `rootfs`: an overlay of `lowers` (top first) with
+/// `upper` and `work`, its layers idmapped through `userns` when the pod has one (whose
+/// root, `root` on the host, then owns the upper and work directories).
+pub(crate) fn mount_rootfs(
+    rootfs: &Path,
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    userns: Option<(&OwnedFd, (u32, u32))>,
+) -> Result<()> {
+    if let Some((fd, (uid, gid))) = userns {
+        for d in [upper, work] {
+            std::os::unix::fs::chown(d, Some(uid), Some(gid))
+                .map_err(|e| Error::io("chown", d, e))?;
+        }
+        return idmap::mount_overlay(rootfs, lowers, Some(idmap::Upper { upper, work }), fd);
+    }
+    let lowerdir = lowers
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(":");
+    let data = format!(
+        "lowerdir={lowerdir},upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    );
+    nix::mount::mount(
+        Some("overlay"),
+        rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(|e| Error::Internal(format!("mount overlay rootfs at {}: {e}", rootfs.display())))
+}
+
+/// Replaces the source of every bind mount in `spec` that comes from a CRI mount with a
+/// host path (`cri_mounts`, except the image volumes `skip`, already idmapped) by an
+/// idmapped clone of it under `bundle`.
+pub(crate) fn idmap_volumes(
+    spec: &mut Spec,
+    cri_mounts: &[berth_cri::v1::Mount],
+    skip: &[usize],
+    bundle: &Path,
+    userns: &OwnedFd,
+) -> Result<()> {
+    let Some(mounts) = spec.mounts_mut().as_mut() else {
+        return Ok(());
+    };
+    for (i, cm) in cri_mounts.iter().enumerate() {
+        if cm.host_path.is_empty() || skip.contains(&i) {
+            continue;
+        }
+        let Some(m) = mounts.iter_mut().find(|m| {
+            m.destination() == Path::new(&cm.container_path) && m.typ().as_deref() == Some("bind")
+        }) else {
+            continue;
+        };
+        let Some(source) = m.source().clone() else {
+            continue;
+        };
+        let target = bundle.join(DIR).join(i.to_string());
+        std::fs::create_dir_all(bundle.join(DIR))
+            .map_err(|e| Error::io("create", &bundle.join(DIR), e))?;
+        // The clone's mount point has the source's kind.
+        let made = if source.is_dir() {
+            std::fs::create_dir(&target)
+        } else {
+            std::fs::File::create(&target).map(drop)
+        };
+        made.map_err(|e| Error::io("create", &target, e))?;
+        idmap::bind(&source, &target, userns, true).map_err(|e| match e {
+            Error::Internal(m) => Error::InvalidArgument(format!(
+                "mount {:?} in a pod with its own user namespace needs an idmapped mount of {}, which this file system refuses: {m}",
+                cm.container_path,
+                source.display()
+            )),
+            e => e,
+        })?;
+        m.set_source(Some(target));
+        // Done here; runc would otherwise try (or ignore) its own.
+        m.set_uid_mappings(None);
+        m.set_gid_mappings(None);
+    }
+    Ok(())
+}
+
+/// Unmounts everything `bundle` holds: rootfs, image volumes, idmapped volumes. True when
+/// nothing of it is left mounted, so that the bundle may be removed.
+pub(crate) fn unmount_bundle(bundle: &Path) -> bool {
+    crate::sandbox::files::unmount(&bundle.join("rootfs"));
+    super::imagevolumes::unmount_all(bundle);
+    let Ok(rd) = std::fs::read_dir(bundle.join(DIR)) else {
+        return true;
+    };
+    let staged: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+    for p in &staged {
+        crate::sandbox::files::unmount(p);
+    }
+    let left: Vec<&PathBuf> = staged
+        .iter()
+        .filter(|p| crate::sandbox::ns::is_mounted(p))
+        .collect();
+    if !left.is_empty() {
+        tracing::warn!(bundle = %bundle.display(), left = ?left, "volumes still mounted; the bundle is kept so that nothing of them is deleted");
+    }
+    left.is_empty()
+}

@@ -134,7 +134,7 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
             info,
             // As containerd: the default handler under "" and every configured one by
             // name. User namespaces where the kernel makes overlays of idmapped layers
-            // (probed at start); no recursive read-only mounts yet.
+            // (probed at start); recursive read-only mounts (mount_setattr, Linux 5.12).
             runtime_handlers: self
                 .pods
                 .handler_names()
@@ -142,7 +142,7 @@ impl cri::runtime_service_server::RuntimeService for RuntimeApi {
                 .map(|name| cri::RuntimeHandler {
                     name,
                     features: Some(cri::RuntimeHandlerFeatures {
-                        recursive_read_only_mounts: false,
+                        recursive_read_only_mounts: self.pods.recursive_read_only(),
                         user_namespaces: self.pods.user_namespaces(),
                     }),
                 })

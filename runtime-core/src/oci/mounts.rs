@@ -137,7 +137,10 @@ pub(super) fn plan_cri_mounts(config: &ContainerConfig) -> Result<Vec<PlannedMou
                     m.container_path
                 )));
             }
-            options.push("rro".to_string());
+            // The source berth binds is already read-only all the way down (a clone made
+            // by `pods::usermounts`, whatever the OCI runtime supports): runc makes the
+            // top read-only as for any read-only bind.
+            options.push("ro".to_string());
         } else {
             options.push(if m.readonly { "ro" } else { "rw" }.to_string());
         }

@@ -1632,7 +1632,7 @@ mod tests {
         );
         assert_eq!(
             opts(find_mount(&s, "/rro").unwrap()),
-            strs(&["rbind", "rprivate", "rro"])
+            strs(&["rbind", "rprivate", "ro"])
         );
         assert_eq!(linux(&s).rootfs_propagation().as_deref(), Some("rslave"));
 

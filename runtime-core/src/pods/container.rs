@@ -368,16 +368,14 @@ impl PodService {
             sandbox_id: &pod.id,
         };
         let mut spec = crate::oci::spec::build_spec(&inputs)?;
-        if let Some(fd) = &userns_fd {
-            let skip: Vec<usize> = mounted.iter().map(|(i, _)| *i).collect();
-            super::usermounts::idmap_volumes(
-                &mut spec,
-                &spec_config.mounts,
-                &skip,
-                &rec.bundle,
-                fd,
-            )?;
-        }
+        let skip: Vec<usize> = mounted.iter().map(|(i, _)| *i).collect();
+        super::usermounts::stage_volumes(
+            &mut spec,
+            &spec_config.mounts,
+            &skip,
+            &rec.bundle,
+            userns_fd.as_ref(),
+        )?;
         let user = spec.process().as_ref().map(|p| {
             let u = p.user();
             (
@@ -528,7 +526,10 @@ impl PodService {
             svc.inner.store.update_container(&entry, |x| *x = r);
             Error::Internal(message)
         };
-        let created = match client.create(req).await {
+        let outcome = client.create(req).await;
+        // The container's mount namespace has its own copies now.
+        super::usermounts::release_volumes(&rec.bundle);
+        let created = match outcome {
             Ok(c) => c,
             Err(e) => {
                 let msg = match e {

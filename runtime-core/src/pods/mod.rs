@@ -155,6 +155,8 @@ pub(crate) struct Inner {
     pub(crate) warmer: crate::cgroupwarm::JoinWarmer,
     /// Whether pods can have user namespaces of their own (and why not), probed at start.
     pub(crate) userns_support: std::result::Result<(), String>,
+    /// Whether the kernel makes recursive read-only mounts, probed at start.
+    pub(crate) rro_support: bool,
 }
 
 /// Runs pods and containers.
@@ -215,6 +217,13 @@ impl PodService {
         if let Err(why) = &userns_support {
             tracing::info!(reason = %why, "pods cannot have user namespaces of their own (hostUsers: false) on this node");
         }
+        let rro_support = match crate::sandbox::idmap::recursive_read_only_works(&opts.state) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(reason = %e, "recursive read-only mounts are not offered on this node");
+                false
+            }
+        };
         let sync = crate::fsutil::SyncQueue::start();
         // After a restart of berthd the page cache still has an ADD's cache entry; lost in
         // a crash of the machine, DEL runs with the current network instead (as with no
@@ -241,6 +250,7 @@ impl PodService {
             monitor_deaths: std::sync::atomic::AtomicU64::new(0),
             names: Mutex::new(HashSet::new()),
             userns_support,
+            rro_support,
             min_oom_score_adj: if has_cap_sys_resource() {
                 -1000
             } else {
@@ -256,6 +266,11 @@ impl PodService {
     /// them and overlays of idmapped layers).
     pub fn user_namespaces(&self) -> bool {
         self.inner.userns_support.is_ok()
+    }
+
+    /// Whether this node makes recursive read-only mounts.
+    pub fn recursive_read_only(&self) -> bool {
+        self.inner.rro_support
     }
 
     /// Waits until every record written so far is on disk (or `timeout`; false then).

@@ -1,11 +1,14 @@
-//! The mounts of a container's bundle: its rootfs and, in a pod with a user namespace of
-//! its own (`hostUsers: false`), idmapped clones of its bind volumes, so that what is
-//! root's on the host is root's inside and no file is chowned (see `sandbox::idmap`).
+//! The mounts of a container's bundle: its rootfs and the clones of bind volumes that berth
+//! makes itself: recursive read-only ones (every submount read-only too, which a bind with
+//! `MS_RDONLY` cannot give and runc 1.1 cannot make) and, in a pod with a user namespace
+//! of its own (`hostUsers: false`), idmapped ones, so that what is root's on the host is
+//! root's inside and no file is chowned (see `sandbox::idmap`).
 //!
-//! An idmapped volume is mounted at `<bundle>/idmapped/<n>` (`n` the index of the CRI
-//! mount) and the OCI spec binds that instead of the host path. Every mount goes with the
-//! bundle; the bundle is only removed once none of them is left mounted, since removing a
-//! directory tree would otherwise delete a volume's files on the host.
+//! Such a volume is mounted at `<bundle>/volumes/<n>` (`n` the index of the CRI mount) and
+//! the OCI spec binds that instead of the host path, until the container has started.
+//! Every mount goes with the bundle; the bundle is only removed once none of them is left
+//! mounted, since removing a directory tree would otherwise delete a volume's files on the
+//! host.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -16,8 +19,8 @@ use oci_spec::runtime::Spec;
 use crate::sandbox::idmap;
 use crate::{Error, Result};
 
-/// Where idmapped volumes are mounted in a bundle.
-const DIR: &str = "idmapped";
+/// Where the clones of volumes are mounted in a bundle.
+const DIR: &str = "volumes";
 
 /// Mounts the container's rootfs at `rootfs`: an overlay of `lowers` (top first) with
 /// `upper` and `work`, its layers idmapped through `userns` when the pod has one (whose
@@ -56,21 +59,25 @@ pub(crate) fn mount_rootfs(
     .map_err(|e| Error::Internal(format!("mount overlay rootfs at {}: {e}", rootfs.display())))
 }
 
-/// Replaces the source of every bind mount in `spec` that comes from a CRI mount with a
-/// host path (`cri_mounts`, except the image volumes `skip`, already idmapped) by an
-/// idmapped clone of it under `bundle`.
-pub(crate) fn idmap_volumes(
+/// Replaces the source of the bind mounts in `spec` that come from CRI mounts with a host
+/// path (`cri_mounts`, except the image volumes `skip`, mounted already) by a clone of it
+/// under `bundle`: every one in a pod with a user namespace (`userns`), idmapped; the
+/// recursive read-only ones in any pod. Blocking.
+pub(crate) fn stage_volumes(
     spec: &mut Spec,
     cri_mounts: &[berth_cri::v1::Mount],
     skip: &[usize],
     bundle: &Path,
-    userns: &OwnedFd,
+    userns: Option<&OwnedFd>,
 ) -> Result<()> {
     let Some(mounts) = spec.mounts_mut().as_mut() else {
         return Ok(());
     };
     for (i, cm) in cri_mounts.iter().enumerate() {
-        if cm.host_path.is_empty() || skip.contains(&i) {
+        if cm.host_path.is_empty()
+            || skip.contains(&i)
+            || (userns.is_none() && !cm.recursive_read_only)
+        {
             continue;
         }
         let Some(m) = mounts.iter_mut().find(|m| {
@@ -91,20 +98,40 @@ pub(crate) fn idmap_volumes(
             std::fs::File::create(&target).map(drop)
         };
         made.map_err(|e| Error::io("create", &target, e))?;
-        idmap::bind(&source, &target, userns, true).map_err(|e| match e {
-            Error::Internal(m) => Error::InvalidArgument(format!(
-                "mount {:?} in a pod with its own user namespace needs an idmapped mount of {}, which this file system refuses: {m}",
-                cm.container_path,
-                source.display()
-            )),
-            e => e,
-        })?;
+        let what = match (userns.is_some(), cm.recursive_read_only) {
+            (true, true) => "an idmapped, recursively read-only",
+            (true, false) => "an idmapped",
+            _ => "a recursively read-only",
+        };
+        idmap::rbind_with(&source, &target, userns, cm.recursive_read_only).map_err(
+            |e| match e {
+                Error::Internal(m) => Error::InvalidArgument(format!(
+                    "mount {:?} needs {what} mount of {}, which this host refuses: {m}",
+                    cm.container_path,
+                    source.display()
+                )),
+                e => e,
+            },
+        )?;
         m.set_source(Some(target));
         // Done here; runc would otherwise try (or ignore) its own.
         m.set_uid_mappings(None);
         m.set_gid_mappings(None);
     }
     Ok(())
+}
+
+/// Unmounts the clones of volumes once the container has started (or failed to): its
+/// mount namespace holds copies of its own, and one left in the host's would make its
+/// mount points busy there (a host directory on which a volume's submount sat could not be
+/// removed, as it can with containerd).
+pub(crate) fn release_volumes(bundle: &Path) {
+    let Ok(rd) = std::fs::read_dir(bundle.join(DIR)) else {
+        return;
+    };
+    for e in rd.flatten() {
+        crate::sandbox::files::unmount(&e.path());
+    }
 }
 
 /// Unmounts everything `bundle` holds: rootfs, image volumes, idmapped volumes. True when

@@ -78,6 +78,17 @@ pub fn open_userns(path: &Path) -> Result<OwnedFd> {
 /// A detached clone of the mount tree at `path` (with its submounts when `recursive`),
 /// idmapped through `userns`.
 fn idmapped_tree(path: &Path, userns: &OwnedFd, recursive: bool) -> Result<OwnedFd> {
+    clone_tree(path, Some(userns), recursive, false)
+}
+
+/// A detached clone of the mount tree at `path` (with its submounts when `recursive`),
+/// idmapped through `userns` when given, and read-only in every mount when `read_only`.
+fn clone_tree(
+    path: &Path,
+    userns: Option<&OwnedFd>,
+    recursive: bool,
+    read_only: bool,
+) -> Result<OwnedFd> {
     let c = c_path(path)?;
     let rec = if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: plain system call on a NUL-terminated path.
@@ -93,11 +104,18 @@ fn idmapped_tree(path: &Path, userns: &OwnedFd, recursive: bool) -> Result<Owned
         || format!("clone the mount at {}", path.display()),
     )?;
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
+        attr_set: if userns.is_some() {
+            MOUNT_ATTR_IDMAP
+        } else {
+            0
+        } | if read_only { MOUNT_ATTR_RDONLY } else { 0 },
         attr_clr: 0,
         propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
     };
+    if attr.attr_set == 0 {
+        return Ok(tree);
+    }
     // SAFETY: the struct lives across the call and its size is passed.
     ok_or(
         unsafe {
@@ -110,7 +128,7 @@ fn idmapped_tree(path: &Path, userns: &OwnedFd, recursive: bool) -> Result<Owned
                 std::mem::size_of::<MountAttr>(),
             )
         },
-        || format!("idmap the mount of {}", path.display()),
+        || format!("set the attributes of a clone of {}", path.display()),
     )?;
     Ok(tree)
 }
@@ -210,6 +228,25 @@ pub fn mount_overlay(
 pub fn bind(source: &Path, target: &Path, userns: &OwnedFd, recursive: bool) -> Result<()> {
     let tree = idmapped_tree(source, userns, recursive)?;
     attach(&tree, target)
+}
+
+/// Mounts at `target` (an existing file or directory) a clone of `source` with its
+/// submounts (an rbind), idmapped through `userns` when given, every mount of it read-only
+/// when `read_only` (a recursive read-only mount, which `MS_RDONLY` on a bind cannot give).
+pub fn rbind_with(
+    source: &Path,
+    target: &Path,
+    userns: Option<&OwnedFd>,
+    read_only: bool,
+) -> Result<()> {
+    let tree = clone_tree(source, userns, true, read_only)?;
+    attach(&tree, target)
+}
+
+/// Whether this kernel makes recursive read-only mounts (`mount_setattr`, Linux 5.12): a
+/// detached read-only clone of `dir` is made and dropped, never attached.
+pub fn recursive_read_only_works(dir: &Path) -> Result<()> {
+    clone_tree(dir, None, false, true).map(drop)
 }
 
 /// Whether this kernel gives berth what a pod with a user namespace needs: an overlay of an

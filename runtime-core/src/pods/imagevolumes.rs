@@ -92,39 +92,30 @@ fn resolve_sub_path(root: &Path, sub: &Path, image: &str) -> Result<PathBuf> {
 pub(crate) fn mount(bundle: &Path, vol: &ImageVolume, userns: Option<&OwnedFd>) -> Result<PathBuf> {
     let target = bundle.join(DIR).join(vol.index.to_string());
     std::fs::create_dir_all(&target).map_err(|e| Error::io("create", &target, e))?;
+    let failed = |e: String| {
+        Error::Internal(format!(
+            "mount image volume {} at {}: {e}",
+            vol.image,
+            target.display()
+        ))
+    };
     let ro = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
-    if let Some(fd) = userns {
-        match vol.lowers.as_slice() {
-            [] => {}
-            [only] => {
-                crate::sandbox::idmap::bind(only, &target, fd, false)?;
-                nix::mount::mount(
-                    None::<&str>,
+    match (vol.lowers.as_slice(), userns) {
+        // An image without layers is an empty directory.
+        ([], _) => {}
+        // overlayfs needs two lower layers when it has no upper one.
+        ([only], userns) => {
+            match userns {
+                Some(fd) => crate::sandbox::idmap::bind(only, &target, fd, false)?,
+                None => nix::mount::mount(
+                    Some(only.as_path()),
                     &target,
                     None::<&str>,
-                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
+                    MsFlags::MS_BIND,
                     None::<&str>,
                 )
-                .map_err(|e| {
-                    Error::Internal(format!("make {} read-only: {e}", target.display()))
-                })?;
+                .map_err(|e| failed(e.to_string()))?,
             }
-            lowers => crate::sandbox::idmap::mount_overlay(&target, lowers, None, fd)?,
-        }
-        return finish(target, vol);
-    }
-    let mounted = match vol.lowers.as_slice() {
-        // An image without layers is an empty directory.
-        [] => Ok(()),
-        // overlayfs needs two lower layers when it has no upper one.
-        [only] => nix::mount::mount(
-            Some(only.as_path()),
-            &target,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .and_then(|()| {
             nix::mount::mount(
                 None::<&str>,
                 &target,
@@ -132,8 +123,10 @@ pub(crate) fn mount(bundle: &Path, vol: &ImageVolume, userns: Option<&OwnedFd>) 
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | ro,
                 None::<&str>,
             )
-        }),
-        lowers => {
+            .map_err(|e| failed(e.to_string()))?;
+        }
+        (lowers, Some(fd)) => crate::sandbox::idmap::mount_overlay(&target, lowers, None, fd)?,
+        (lowers, None) => {
             let lowerdir = lowers
                 .iter()
                 .map(|p| p.display().to_string())
@@ -146,15 +139,9 @@ pub(crate) fn mount(bundle: &Path, vol: &ImageVolume, userns: Option<&OwnedFd>) 
                 ro,
                 Some(format!("lowerdir={lowerdir}").as_str()),
             )
+            .map_err(|e| failed(e.to_string()))?;
         }
-    };
-    mounted.map_err(|e| {
-        Error::Internal(format!(
-            "mount image volume {} at {}: {e}",
-            vol.image,
-            target.display()
-        ))
-    })?;
+    }
     finish(target, vol)
 }
 

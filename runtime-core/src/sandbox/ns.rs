@@ -30,6 +30,23 @@ pub struct NamespaceRequest {
     pub user: Option<super::userns::Mappings>,
 }
 
+impl NamespaceRequest {
+    /// The `CLONE_NEW*` flags of the network, IPC and UTS namespaces asked for.
+    pub(super) fn clone_flags(&self) -> CloneFlags {
+        let mut flags = CloneFlags::empty();
+        if self.network {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        if self.ipc {
+            flags |= CloneFlags::CLONE_NEWIPC;
+        }
+        if self.uts {
+            flags |= CloneFlags::CLONE_NEWUTS;
+        }
+        flags
+    }
+}
+
 /// Paths of pinned namespace files; `None` for a host namespace.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PinnedNamespaces {
@@ -82,17 +99,7 @@ fn pin_on_this_thread(
     req: NamespaceRequest,
     hostname: &str,
 ) -> Result<PinnedNamespaces> {
-    let mut flags = CloneFlags::empty();
-    if req.network {
-        flags |= CloneFlags::CLONE_NEWNET;
-    }
-    if req.ipc {
-        flags |= CloneFlags::CLONE_NEWIPC;
-    }
-    if req.uts {
-        flags |= CloneFlags::CLONE_NEWUTS;
-    }
-    nix::sched::unshare(flags)
+    nix::sched::unshare(req.clone_flags())
         .map_err(|e| Error::Internal(format!("unshare pod namespaces: {e}")))?;
     if req.uts {
         nix::unistd::sethostname(hostname)

@@ -144,16 +144,7 @@ pub(super) fn pin(
     mappings: Mappings,
     hostname: &str,
 ) -> Result<PinnedNamespaces> {
-    let mut flags = libc::CLONE_NEWUSER;
-    if req.network {
-        flags |= libc::CLONE_NEWNET;
-    }
-    if req.ipc {
-        flags |= libc::CLONE_NEWIPC;
-    }
-    if req.uts {
-        flags |= libc::CLONE_NEWUTS;
-    }
+    let flags = libc::CLONE_NEWUSER | req.clone_flags().bits();
     let host = if req.uts {
         Some(CString::new(hostname).map_err(|_| {
             Error::InvalidArgument(format!("hostname {hostname:?} contains a NUL byte"))

@@ -618,6 +618,17 @@ impl PodEnv {
     }
 
     /// A pusher to the env's registry.
+    /// The features berthd's Status reports for the default runtime handler.
+    pub async fn default_handler_features(&self) -> Result<api::RuntimeHandlerFeatures> {
+        let st = self.cri.status(false).await?;
+        Ok(st
+            .runtime_handlers
+            .iter()
+            .find(|h| h.name.is_empty())
+            .and_then(|h| h.features)
+            .unwrap_or_default())
+    }
+
     pub fn pusher(&self) -> Pusher {
         self.registry
             .as_ref()

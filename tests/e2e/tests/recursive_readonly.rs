@@ -58,14 +58,11 @@ impl Drop for HostTree {
 #[tokio::test(flavor = "multi_thread")]
 async fn recursive_read_only_mounts_make_every_submount_read_only() -> Result<()> {
     let env = PodEnv::with_busybox().await?;
-    let st = env.cri.status(false).await?;
-    let rro = st
-        .runtime_handlers
-        .iter()
-        .find(|h| h.name.is_empty())
-        .and_then(|h| h.features)
-        .is_some_and(|f| f.recursive_read_only_mounts);
-    if !rro {
+    if !env
+        .default_handler_features()
+        .await?
+        .recursive_read_only_mounts
+    {
         eprintln!(
             "skipped: this kernel has no mount_setattr; berthd does not offer recursive read-only mounts"
         );

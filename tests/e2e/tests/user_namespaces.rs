@@ -56,13 +56,7 @@ fn pod_userns() -> UserNamespace {
 
 /// Whether berthd says the default handler supports user namespaces; prints why not.
 async fn supported(env: &PodEnv) -> Result<bool> {
-    let st = env.cri.status(false).await?;
-    let ok = st
-        .runtime_handlers
-        .iter()
-        .find(|h| h.name.is_empty())
-        .and_then(|h| h.features)
-        .is_some_and(|f| f.user_namespaces);
+    let ok = env.default_handler_features().await?.user_namespaces;
     if !ok {
         eprintln!(
             "skipped: this kernel cannot give pods user namespaces with idmapped layers (Linux 6.13+ needed); berthd does not advertise them"

@@ -2,7 +2,7 @@
 //! ExecSync) and on the host: capabilities, no_new_privs, seccomp (RuntimeDefault,
 //! Unconfined, Localhost), masked and read-only paths (default, explicit, privileged), pod
 //! sysctls, CRI devices, mount propagation, cgroup v1 resources and oom_score_adj, and
-//! run_as_username with supplemental groups.
+//! run_as_username with supplemental groups, and SupplementalGroupsPolicy Merge / Strict.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -758,5 +758,85 @@ async fn run_as_username_and_supplemental_groups() -> Result<()> {
         r.is_err(),
         "CreateContainer with an unknown run_as_username must fail: {r:?}"
     );
+    Ok(())
+}
+
+/// An image whose `/etc/group` puts its user `e2e` (1234) in `extra` (2000) and `wheel` (10).
+async fn push_grouped_user_image(env: &PodEnv) -> Result<()> {
+    use e2e::image::{Compression, Format, ImageBuilder, LayerBuilder, busybox_layer};
+    let mut groups = LayerBuilder::new();
+    groups.dir("etc", 0o755)?.file(
+        "etc/group",
+        b"root:x:0:\nwheel:x:10:root,e2e\ne2e:x:1234:\nextra:x:2000:e2e\nnogroup:x:65534:\n",
+        0o644,
+    )?;
+    let img = ImageBuilder::new(Format::Oci)
+        .label("e2e.fixture", "grouped-user")
+        .layer(busybox_layer(Compression::GZIP)?)
+        .layer(groups.finish(Compression::GZIP)?)
+        .user("e2e")
+        .build()?;
+    env.pusher()
+        .push_image("library/e2e-grouped", &["latest"], &img)
+        .await?;
+    env.cri.pull("e2e-grouped").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn supplemental_groups_policy_merge_and_strict() -> Result<()> {
+    use e2e::cri_api::SupplementalGroupsPolicy;
+    let env = PodEnv::with_busybox().await?;
+    push_grouped_user_image(&env).await?;
+    let st = env.cri.status(false).await?;
+    assert!(
+        st.features.is_some_and(|f| f.supplemental_groups_policy),
+        "RuntimeFeatures advertises supplemental_groups_policy"
+    );
+    let pod = env.pod_config("groups");
+    let pod_id = env.run_pod(&pod).await?;
+    let mut seen = Vec::new();
+    for (name, policy) in [
+        ("merge", SupplementalGroupsPolicy::Merge),
+        ("strict", SupplementalGroupsPolicy::Strict),
+    ] {
+        let mut c = looping(&env, name);
+        c.image = Some(api::ImageSpec {
+            image: "e2e-grouped".into(),
+            ..Default::default()
+        });
+        with_sc(&mut c, |sc| {
+            sc.supplemental_groups = vec![5555];
+            sc.supplemental_groups_policy = policy as i32;
+        });
+        let cid = env.run_container(&pod_id, &c, &pod).await?;
+        let mut groups: Vec<u32> = env
+            .exec_ok(&cid, &["id", "-G"])
+            .await?
+            .split_whitespace()
+            .map(|g| g.parse())
+            .collect::<Result<_, _>>()?;
+        groups.sort();
+        assert_eq!(env.exec_ok(&cid, &["id", "-u"]).await?.trim(), "1234");
+        let user = env
+            .container_status(&cid)
+            .await?
+            .user
+            .and_then(|u| u.linux)
+            .context("ContainerStatus.user")?;
+        let mut reported: Vec<u32> = user.supplemental_groups.iter().map(|&g| g as u32).collect();
+        reported.push(user.gid as u32);
+        reported.sort();
+        reported.dedup();
+        assert_eq!(
+            reported, groups,
+            "{name}: ContainerStatus.user says what `id -G` says"
+        );
+        seen.push(groups);
+    }
+    // Merge: the image's groups of the user and the pod's; Strict: only the pod's.
+    assert_eq!(seen[0], [10, 1234, 2000, 5555]);
+    assert_eq!(seen[1], [1234, 5555]);
+    env.remove_all_pods().await?;
     Ok(())
 }

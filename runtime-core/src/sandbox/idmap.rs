@@ -25,6 +25,7 @@ const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_SET_FD: libc::c_uint = 5;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
@@ -162,7 +163,8 @@ pub struct Upper<'a> {
 }
 
 /// Mounts at `target` an overlay of `lowers` (top first, as `lowerdir=` lists them), each
-/// idmapped through `userns`, with `upper` on top or read-only without one.
+/// idmapped through `userns`, with `upper` on top (`volatile`, see
+/// `pods::usermounts::mount_rootfs`) or read-only without one.
 pub fn mount_overlay(
     target: &Path,
     lowers: &[PathBuf],
@@ -204,6 +206,11 @@ pub fn mount_overlay(
                 format!("set the overlay's {key} {}", dir.display())
             })?;
         }
+        let volatile = CString::from(c"volatile");
+        ok_or(
+            config(FSCONFIG_SET_FLAG, Some(&volatile), std::ptr::null(), 0),
+            || "make the overlay volatile".to_string(),
+        )?;
     }
     ok_or(
         config(FSCONFIG_CMD_CREATE, None, std::ptr::null(), 0),

@@ -204,6 +204,21 @@ pub struct MountEntry {
     pub fstype: String,
     /// Mount source.
     pub source: String,
+    /// The file system's own options (`rw,lowerdir=…,volatile`).
+    pub super_options: String,
+}
+
+impl MountEntry {
+    /// Whether the file system's options include `opt` exactly.
+    pub fn has_super_option(&self, opt: &str) -> bool {
+        self.super_options.split(',').any(|o| o == opt)
+    }
+
+    /// An overlay mounted `volatile` (shown as `fsync=volatile` since Linux 6.6).
+    pub fn is_volatile_overlay(&self) -> bool {
+        self.fstype == "overlay"
+            && (self.has_super_option("volatile") || self.has_super_option("fsync=volatile"))
+    }
 }
 
 fn unescape_mountinfo(s: &str) -> String {
@@ -236,10 +251,12 @@ pub fn mounts() -> Vec<MountEntry> {
             let mut r = right.split(' ');
             let fstype = r.next()?.to_string();
             let source = r.next().unwrap_or("").to_string();
+            let super_options = r.next().unwrap_or("").to_string();
             Some(MountEntry {
                 mount_point: PathBuf::from(unescape_mountinfo(mp)),
                 fstype,
                 source,
+                super_options,
             })
         })
         .collect()

@@ -626,6 +626,11 @@ async fn remove_running_container_unmounts_and_deletes_it() -> Result<()> {
         rootfs.display(),
         mounts_under(&dir)
     );
+    // Its unmount must not sync the file system of the upper directory.
+    assert!(
+        m.as_ref().is_some_and(|m| m.is_volatile_overlay()),
+        "the rootfs overlay is volatile: {m:?}"
+    );
 
     let t = Instant::now();
     env.remove_container(&cid).await?;

@@ -10,7 +10,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use e2e::Code;
 use e2e::cri_api::{self as api, IdMapping, Mount, NamespaceMode, UserNamespace};
-use e2e::pods::{PodEnv, expect_code, inode, mounts_under, ns_options};
+use e2e::pods::{PodEnv, expect_code, inode, mount_at, mounts_under, ns_options};
 
 const HOST_UID: u32 = 200_000;
 const HOST_GID: u32 = 300_000;
@@ -163,6 +163,8 @@ async fn a_pod_with_its_own_user_namespace_sees_its_files_as_on_the_host() -> Re
     );
 
     let bundle = env.container_dir(&cid);
+    let rootfs = mount_at(&bundle.join("rootfs")).context("the rootfs is mounted")?;
+    assert!(rootfs.is_volatile_overlay(), "{rootfs:?}");
     assert!(
         mounts_under(&bundle.join("volumes")).is_empty(),
         "the idmapped clone of the volume was the OCI runtime's only"

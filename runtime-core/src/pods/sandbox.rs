@@ -514,10 +514,23 @@ impl PodService {
                 .store
                 .update_sandbox(&entry, |r| r.network_attached = false);
         }
-        for c in self.containers_of(&rec.id) {
-            let cid = c.get().id;
-            self.remove_container(&cid).await?;
-        }
+        // A few at a time: each is mostly unmounting and removing directories, which
+        // overlap well, and a pod with thousands of exited containers (a CronJob's) is
+        // not removed one by one.
+        use futures_util::StreamExt;
+        let ids: Vec<String> = self
+            .containers_of(&rec.id)
+            .into_iter()
+            .map(|c| c.get().id)
+            .collect();
+        // Every removal runs to its end (none is dropped half done); the first error is
+        // reported and the pod kept, so that kubelet's retry finishes it.
+        let results: Vec<Result<()>> = futures_util::stream::iter(ids)
+            .map(|cid| async move { self.remove_container(&cid).await })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>>>()?;
         crate::cgroups::remove(&rec.cgroups_created);
         // Stop released these; a record from before a crash may still name them.
         ns::unpin(&rec.namespaces);

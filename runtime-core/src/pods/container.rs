@@ -183,6 +183,7 @@ impl PodService {
                 "container metadata.name is empty".into(),
             ));
         }
+        super::signals::check_cri(config.stop_signal)?;
         let image_name = config
             .image
             .as_ref()

@@ -82,9 +82,32 @@ pub fn from_cri(value: i32) -> Option<i32> {
     signal_number(&name)
 }
 
+/// Checks ContainerConfig.stop_signal (Kubernetes 1.33): RUNTIME_DEFAULT (0) or a signal;
+/// any other value is InvalidArgument.
+pub fn check_cri(value: i32) -> crate::Result<()> {
+    if value == cri::Signal::RuntimeDefault as i32 || from_cri(value).is_some() {
+        return Ok(());
+    }
+    Err(crate::Error::InvalidArgument(format!(
+        "stop_signal {value} is not a signal"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_signal_must_be_a_signal() {
+        assert!(check_cri(0).is_ok());
+        assert!(check_cri(cri::Signal::Sigusr1 as i32).is_ok());
+        for bad in [-1, 999, i32::MAX] {
+            match check_cri(bad) {
+                Err(crate::Error::InvalidArgument(m)) => assert!(m.contains("not a signal"), "{m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn names_numbers_and_cri_values_agree() {

@@ -1132,6 +1132,15 @@ async fn a_containers_stop_signal_overrides_the_images_and_is_reported() -> Resu
         st.exit_code, STOPSIGNAL_IMAGE_EXIT,
         "got the image's SIGUSR1: {st:?}"
     );
+    // A stop signal that is not a signal is refused.
+    let mut bad = env.container_config("bad-signal", &["sleep", "3600"]);
+    bad.stop_signal = 999;
+    let st = e2e::pods::expect_code(
+        env.create_container(&pod_id, &bad, &pod).await,
+        Code::InvalidArgument,
+        "CreateContainer with stop_signal 999",
+    );
+    assert!(st.message().contains("not a signal"), "{}", st.message());
     env.stop_pod(&pod_id).await?;
     env.remove_pod(&pod_id).await?;
     Ok(())

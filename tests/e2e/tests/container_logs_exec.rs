@@ -167,6 +167,33 @@ async fn exec_sync_output_exit_code_timeout_and_exited_container() -> Result<()>
         "`ps` in the container shows no `sleep 37`: {ps}"
     );
 
+    // A probe whose command does not exist: a clear answer naming it (containerd: an error
+    // with the OCI runtime's message), and nothing left running.
+    let before = processes().len();
+    let r = env.exec_sync(&cid, &["/no-such-probe"], 5).await;
+    println!("ExecSync of a missing command: {r:?}");
+    match &r {
+        Err(s) => assert!(
+            s.message().contains("/no-such-probe"),
+            "the error names the command: {s:?}"
+        ),
+        Ok(resp) => {
+            assert_ne!(resp.exit_code, 0, "a missing command is not a success");
+            assert!(
+                String::from_utf8_lossy(&resp.stderr).contains("/no-such-probe"),
+                "stderr names the command: {resp:?}"
+            );
+        }
+    }
+    let leftover: Vec<(i32, String)> = processes()
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("no-such-probe"))
+        .collect();
+    assert!(
+        leftover.is_empty(),
+        "nothing of it runs: {leftover:?} ({before} processes before)"
+    );
+
     // Big output is returned whole.
     let r = env
         .exec_sync(

@@ -116,6 +116,16 @@ pub async fn run_all(
         plan.running_pods
     );
     crate::idle::measure(rts, &running, idle, results).await?;
+    let polled = match plan.mode {
+        crate::plan::Mode::Smoke => Duration::from_secs(2),
+        crate::plan::Mode::Quick => Duration::from_secs(10),
+        crate::plan::Mode::Full => Duration::from_secs(60),
+    };
+    eprintln!(
+        "berth-bench: (8) CPU with {} pods over {polled:?} of kubelet's polling",
+        plan.running_pods
+    );
+    crate::idle::measure_polled(rts, &running, polled, results).await?;
 
     eprintln!(
         "berth-bench: tearing down {} pods per runtime",

@@ -133,7 +133,7 @@ async fn poll_like_kubelet(rt: &Runtime, pods: &[Pod], window: Duration) -> Resu
                 .await
                 .with_context(|| what("ContainerStatus"))?;
         }
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             c.list_container_stats()
                 .await
                 .with_context(|| what("ListContainerStats"))?;

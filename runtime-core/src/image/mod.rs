@@ -1,6 +1,7 @@
 //! Images: reference normalization, registry configuration and access, pulling, the
 //! content and layer store, and the image service the CRI ImageService maps onto.
 
+mod beneath;
 pub mod digest;
 pub mod distribution;
 pub mod inflight;

@@ -110,27 +110,28 @@ impl PodService {
         };
         let path = berth_monitor::protocol::log_gap_file(&e.get().exit_file());
         match berth_monitor::protocol::read_log_gap_file(&path) {
-            Ok(Some(r)) if r.writing => tracing::warn!(
-                container = id,
-                log_path = %r.log_path.display(),
-                lost_bytes = r.lost_bytes,
-                lost_entries = r.lost_entries,
-                total_lost_bytes = r.total_lost_bytes,
-                error = %r.error,
-                "container log written again after a gap: {} bytes of output ({} log entries) were lost",
-                r.lost_bytes,
-                r.lost_entries
-            ),
-            Ok(Some(r)) => tracing::warn!(
-                container = id,
-                log_path = %r.log_path.display(),
-                lost_bytes = r.lost_bytes,
-                lost_entries = r.lost_entries,
-                total_lost_bytes = r.total_lost_bytes,
-                error = %r.error,
-                "container log cannot be written; the monitor drops its output until it can ({} bytes lost so far)",
-                r.lost_bytes
-            ),
+            Ok(Some(r)) => {
+                let what = if r.writing {
+                    format!(
+                        "container log written again after a gap: {} bytes of output ({} log entries) were lost",
+                        r.lost_bytes, r.lost_entries
+                    )
+                } else {
+                    format!(
+                        "container log cannot be written; the monitor drops its output until it can ({} bytes lost so far)",
+                        r.lost_bytes
+                    )
+                };
+                tracing::warn!(
+                    container = id,
+                    log_path = %r.log_path.display(),
+                    lost_bytes = r.lost_bytes,
+                    lost_entries = r.lost_entries,
+                    total_lost_bytes = r.total_lost_bytes,
+                    error = %r.error,
+                    "{what}"
+                )
+            }
             Ok(None) => {}
             Err(err) => {
                 tracing::warn!(container = id, error = %err, "cannot read the log-gap file")

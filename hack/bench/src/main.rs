@@ -14,6 +14,7 @@
 mod bench;
 mod berth;
 mod cgroups;
+mod charts;
 mod client;
 mod cni;
 mod containerd;
@@ -138,7 +139,8 @@ async fn run(args: Args) -> Result<()> {
     let results = outcome?;
     print!("{}", report::stdout_report(&results));
     if let Some(path) = &args.write_docs {
-        std::fs::write(path, report::docs(&results))?;
+        let charts = charts::write(&results, path)?;
+        std::fs::write(path, report::docs(&results, &charts))?;
         eprintln!("berth-bench: wrote {}", path.display());
     }
     if !problems.is_empty() {

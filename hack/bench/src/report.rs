@@ -457,7 +457,7 @@ pub fn stdout_report(results: &Results) -> String {
 }
 
 /// docs/benchmarks.md.
-pub fn docs(results: &Results) -> String {
+pub fn docs(results: &Results, charts: &[String]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Benchmarks: berth against containerd\n");
     let _ = writeln!(
@@ -477,6 +477,12 @@ pub fn docs(results: &Results) -> String {
     s.push_str(METHOD);
     let _ = writeln!(s, "\n## Results\n");
     s.push_str(&tables(results));
+    if !charts.is_empty() {
+        let _ = writeln!(s, "\n### Charts\n");
+        for c in charts {
+            let _ = writeln!(s, "![{c}]({c})\n");
+        }
+    }
     let _ = writeln!(s, "\n## What bounds the remaining time\n");
     s.push_str(BOUNDS);
     let _ = writeln!(s, "\n## Versions\n");
@@ -623,7 +629,7 @@ mod tests {
         assert!(out.contains("per pod: monitor / shim + pause (2 pods)"));
         assert!(out.contains("Targets of issue 5:"));
         assert!(out.contains("smoke run"));
-        let md = docs(&r);
+        let md = docs(&r, &[]);
         assert!(md.starts_with("# Benchmarks: berth against containerd"));
         assert!(md.contains("## Method"));
         // Every table line has the same number of cells as its header.

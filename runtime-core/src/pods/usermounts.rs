@@ -155,13 +155,18 @@ pub(crate) fn unmount_bundle(bundle: &Path) -> bool {
     let Ok(rd) = std::fs::read_dir(bundle.join(DIR)) else {
         return true;
     };
-    let staged: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-    for p in &staged {
-        crate::sandbox::files::unmount(p);
-    }
-    let left: Vec<&PathBuf> = staged
-        .iter()
-        .filter(|p| crate::sandbox::ns::is_mounted(p))
+    // Unmounted now, or not a mount point (EINVAL: released at start, or never made):
+    // gone. Any other answer leaves it mounted, as far as we know. mountinfo is not read:
+    // it is long on a busy node, and each clone is mounted once.
+    let left: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            !matches!(
+                nix::mount::umount2(p.as_path(), nix::mount::MntFlags::MNT_DETACH),
+                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT)
+            )
+        })
         .collect();
     if !left.is_empty() {
         tracing::warn!(bundle = %bundle.display(), left = ?left, "volumes still mounted; the bundle is kept so that nothing of them is deleted");

@@ -518,6 +518,16 @@ const BOUNDS: &str = "\
   the floor of a call: no work, after the same kind of idle pause, it is the client's and
   the daemon's wake-ups on this virtual machine plus the HTTP/2 and gRPC code path on cold
   caches, and it is most of either runtime's list figures.
+- **Teardown.** StopPodSandbox is the containers' stop (a signal, the wait for the exit,
+  `runc delete`: the floor's kill + delete row) beside the CNI DEL (two Go plugins).
+  RemovePodSandbox is unmounting and removing directories and records, eight containers
+  at a time; it took about 10 ms until container rootfs overlays became `volatile`: the
+  unmount of an ordinary overlay syncs the whole file system of its upper directory
+  (25-100 ms with other writes going on), for nothing Kubernetes uses.
+- **ExecSync.** It is one `runc exec`: runc starts, re-executes itself and joins the
+  container (about 30 ms here), which is nearly all of the figure; containerd pays the
+  same plus its shim's round trips. Meeting 0.5 needs an exec path of berth's own that
+  enters the container as runc does (issue 15), not shaving berth's side.
 ";
 
 /// How the figures are made (docs/benchmarks.md).

@@ -14,7 +14,7 @@ use crate::results::Results;
 use crate::runtime::Runtime;
 
 /// CPU time (user + system) of `pid` so far, in seconds.
-fn cpu_seconds(pid: i32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: i32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; the fields after it are plain.
     let rest = &stat[stat.rfind(')')? + 2..];

@@ -22,6 +22,7 @@ mod daemon;
 mod floor;
 mod idle;
 mod images;
+mod logs;
 mod memory;
 mod plan;
 mod pods;

@@ -132,6 +132,16 @@ pub async fn run_all(
         plan.running_pods
     );
     parallel_teardowns(rts, running, plan.parallelism, results).await?;
+
+    let mib = match plan.mode {
+        crate::plan::Mode::Smoke => 2,
+        crate::plan::Mode::Quick => 20,
+        crate::plan::Mode::Full => 200,
+    };
+    eprintln!("berth-bench: (9) container logs: {mib} MiB of short and of long lines");
+    crate::logs::run(rts, mib, results)
+        .await
+        .context("the log workloads (9)")?;
     Ok(())
 }
 

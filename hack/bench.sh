@@ -10,6 +10,7 @@
 #   hack/bench.sh --quick --smoke      proves the tool works (CI; figures mean nothing)
 #   hack/bench.sh --write-docs docs/benchmarks.md   full run, results into the docs
 #   hack/bench.sh --keep-logs DIR      keep the runtimes' logs
+#   hack/bench.sh --scale 500          also 500 pods per runtime, reported per decade
 #
 # Run as root on Debian 12; installs what it needs first.
 set -euo pipefail

@@ -30,6 +30,7 @@ mod registry;
 mod report;
 mod results;
 mod runtime;
+mod scale;
 mod stats;
 mod streams;
 mod versions;
@@ -69,6 +70,10 @@ struct Args {
     /// Write the results as Markdown to this file (docs/benchmarks.md; not with --smoke).
     #[arg(long, value_name = "FILE", conflicts_with = "smoke")]
     write_docs: Option<PathBuf>,
+    /// Also start this many pods per runtime (after the other workloads) and report pod
+    /// start p95, list latencies and memory per pod at each decade (10, 100, ..., N).
+    #[arg(long, value_name = "N")]
+    scale: Option<usize>,
     /// Copy the runtimes' and the registry's logs into this directory at the end.
     #[arg(long, value_name = "DIR")]
     keep_logs: Option<PathBuf>,
@@ -110,7 +115,8 @@ async fn run(args: Args) -> Result<()> {
         (true, false) => Mode::Quick,
         (false, false) => Mode::Full,
     };
-    let plan = Plan::for_mode(mode);
+    let mut plan = Plan::for_mode(mode);
+    plan.scale_pods = args.scale.filter(|n| *n > 0);
     let opts = Options {
         berthd: std::path::absolute(&args.berthd)?,
         containerd: args.containerd.clone(),

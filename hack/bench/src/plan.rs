@@ -42,6 +42,8 @@ pub struct Plan {
     pub running_pods: usize,
     /// Rounds of the list / status calls (each round makes every call once), per runtime.
     pub list_rounds: usize,
+    /// `--scale N`: also start N pods per runtime and report each decade (step 10).
+    pub scale_pods: Option<usize>,
 }
 
 impl Plan {
@@ -58,6 +60,7 @@ impl Plan {
                 parallelism: 10,
                 running_pods: 100,
                 list_rounds: 100,
+                scale_pods: None,
             },
             // ~30 MB compressed, N=20, 30 pods: about 30-40 seconds here.
             Mode::Quick => Plan {
@@ -69,6 +72,7 @@ impl Plan {
                 parallelism: 10,
                 running_pods: 30,
                 list_rounds: 30,
+                scale_pods: None,
             },
             // Every workload once or twice: proves the tool works, measures nothing.
             Mode::Smoke => Plan {
@@ -80,6 +84,7 @@ impl Plan {
                 parallelism: 2,
                 running_pods: 4,
                 list_rounds: 3,
+                scale_pods: None,
             },
         }
     }

@@ -142,6 +142,13 @@ pub async fn run_all(
     crate::logs::run(rts, mib, results)
         .await
         .context("the log workloads (9)")?;
+
+    if let Some(n) = plan.scale_pods {
+        eprintln!("berth-bench: (10) scale: up to {n} pods per runtime");
+        crate::scale::run(rts, n, plan.parallelism, results)
+            .await
+            .context("the scale workload (10)")?;
+    }
     Ok(())
 }
 
@@ -495,7 +502,7 @@ const MEM_INTERVAL: Duration = Duration::from_millis(300);
 
 /// Memory of both runtimes with `pods` running: the daemon; the monitors / shims; the
 /// pause processes (with their children). Each figure is the median of a few samples.
-async fn sample_memory(rts: &[Runtime; 2], pods: &[Vec<Pod>; 2]) -> Result<MemLevel> {
+pub(crate) async fn sample_memory(rts: &[Runtime; 2], pods: &[Vec<Pod>; 2]) -> Result<MemLevel> {
     let mut level = MemLevel {
         pods: pods[0].len(),
         ..Default::default()

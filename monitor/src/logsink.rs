@@ -114,6 +114,54 @@ impl LogSink {
         self.dangling = false;
     }
 
+    /// Writes the entries of one read (`buf`, a pipe's pending output; see
+    /// [`logfmt::split_entries`]) and returns how much of `buf` they took. One write for
+    /// all of them while the log is healthy, the same bytes as one write per entry; when
+    /// that write fails (its part is cut off again), and while in a gap, entry by entry, so
+    /// that what fits is written and the rest counted lost exactly as [`Self::entry`] does.
+    /// Each transition into or out of a gap goes to `transition`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_batch(
+        &mut self,
+        file: &mut impl LogFile,
+        scratch: &mut Vec<u8>,
+        ts_ns: i64,
+        stream: Stream,
+        buf: &[u8],
+        eof: bool,
+        mut transition: impl FnMut(Transition),
+    ) -> usize {
+        self.begin_batch();
+        let s = index(stream);
+        if self.gap.is_none() && !self.dangling && !self.needs_close[s] {
+            scratch.clear();
+            let mut last_full = None;
+            let consumed = logfmt::split_entries(buf, eof, |full, content| {
+                logfmt::format_entry(scratch, ts_ns, stream, full, content);
+                last_full = Some(full);
+            });
+            let Some(full) = last_full else {
+                return consumed;
+            };
+            match write_whole(file, scratch) {
+                Ok(()) => {
+                    self.open_line[s] = !full;
+                    return consumed;
+                }
+                Err((_, cut)) => {
+                    if !cut {
+                        self.dangling = true;
+                    }
+                }
+            }
+        }
+        logfmt::split_entries(buf, eof, |full, content| {
+            if let Some(t) = self.entry(file, scratch, ts_ns, stream, full, content) {
+                transition(t);
+            }
+        })
+    }
+
     /// Writes one entry, or counts it lost. Returns a transition when the entry started or
     /// ended a gap.
     pub fn entry(
@@ -265,6 +313,79 @@ mod tests {
             assert!(matches!(parts.next(), Some("stdout" | "stderr")), "{l:?}");
             assert!(matches!(parts.next(), Some("P" | "F")), "{l:?}");
             assert!(parts.next().is_some(), "{l:?}");
+        }
+    }
+
+    /// The old way: every entry of a read written on its own.
+    fn per_entry(
+        sink: &mut LogSink,
+        f: &mut Full,
+        scratch: &mut Vec<u8>,
+        ts: i64,
+        buf: &[u8],
+    ) -> usize {
+        sink.begin_batch();
+        logfmt::split_entries(buf, false, |full, content| {
+            sink.entry(f, scratch, ts, Stream::Stdout, full, content);
+        })
+    }
+
+    #[test]
+    fn a_batch_writes_once_and_what_entry_by_entry_writing_would() {
+        // Reads of lines, a long line split into a partial entry, then more lines.
+        let mut reads: Vec<Vec<u8>> = Vec::new();
+        for r in 0..6u8 {
+            let mut b = Vec::new();
+            for i in 0..20u8 {
+                b.extend_from_slice(format!("read {r} line {i}\n").as_bytes());
+            }
+            if r == 2 {
+                b.extend(std::iter::repeat_n(b'x', logfmt::MAX_LINE + 10));
+            }
+            reads.push(b);
+        }
+        for cap in [0, 50, 333, 1000, 5000, 20_000, 1 << 20] {
+            let mut a = Full {
+                data: Vec::new(),
+                cap,
+                writes: 0,
+            };
+            let mut b = Full {
+                data: Vec::new(),
+                cap,
+                writes: 0,
+            };
+            let (mut sa, mut sb) = (LogSink::default(), LogSink::default());
+            let (mut xa, mut xb) = (Vec::new(), Vec::new());
+            let (mut pa, mut pb) = (Vec::new(), Vec::new());
+            let mut transitions = 0;
+            for (i, r) in reads.iter().enumerate() {
+                pa.extend_from_slice(r);
+                pb.extend_from_slice(r);
+                // Room again half way through: both resume the same way.
+                if i == 3 {
+                    a.cap = 1 << 20;
+                    b.cap = 1 << 20;
+                }
+                let ca = sa.write_batch(&mut a, &mut xa, 7, Stream::Stdout, &pa, false, |_| {
+                    transitions += 1
+                });
+                let cb = per_entry(&mut sb, &mut b, &mut xb, 7, &pb);
+                assert_eq!(ca, cb, "cap {cap}: consumed");
+                pa.drain(..ca);
+                pb.drain(..cb);
+            }
+            assert_eq!(a.data, b.data, "cap {cap}: the same bytes");
+            assert_eq!(
+                sa.total_lost(),
+                sb.total_lost(),
+                "cap {cap}: the same losses"
+            );
+            assert_valid(&a);
+            if cap == 1 << 20 {
+                assert_eq!(a.writes, reads.len(), "one write per read while healthy");
+                assert_eq!(transitions, 0);
+            }
         }
     }
 

@@ -90,21 +90,24 @@ impl Server {
         let scratch = &mut self.scratch;
         let log = c.log.as_ref();
         let sink = &mut c.sink;
-        sink.begin_batch();
         let mut transitions = Vec::new();
-        let consumed = logfmt::split_entries(&pipe.pending, eof, |full, content| {
-            if let Some(mut log) = log
-                && let Some(t) = sink.entry(&mut log, scratch, ts, stream, full, content)
-            {
-                transitions.push(t);
+        let consumed = match log {
+            Some(mut log) => {
+                sink.write_batch(&mut log, scratch, ts, stream, &pipe.pending, eof, |t| {
+                    transitions.push(t)
+                })
             }
-        });
+            // No log file: the output is dropped, entry boundaries as usual.
+            None => logfmt::split_entries(&pipe.pending, eof, |_, _| {}),
+        };
         pipe.pending.drain(..consumed);
         if pipe.pending.capacity() > 2 * READ_CHUNK && pipe.pending.len() < READ_CHUNK {
             pipe.pending.shrink_to(READ_CHUNK);
         }
-        if scratch.capacity() > 2 * logfmt::MAX_LINE {
-            scratch.shrink_to(logfmt::MAX_LINE + 128);
+        // A batch of short lines formats to a few times the read; only what a read of
+        // one-byte lines takes (about 20 times) is given back.
+        if scratch.capacity() > 4 * READ_CHUNK {
+            scratch.shrink_to(2 * READ_CHUNK);
         }
         for t in transitions {
             report_log_gap(c, Some(t));

@@ -72,11 +72,15 @@ impl PodService {
 
     /// Records that container `id` exited and stops watching for it.
     pub(crate) fn record_exit(&self, id: &str, exit: ExitInfo) {
-        if self.inner.store.set_exited(id, exit) {
+        let counted = || {
             if exit.oom_killed {
                 self.inner
                     .oom_kills
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        };
+        if self.inner.store.set_exited(id, exit, counted) {
+            if exit.oom_killed {
                 tracing::warn!(
                     container = id,
                     exit_code = exit.exit_code,

@@ -268,16 +268,21 @@ impl Store {
     }
 
     /// Records the exit of container `id` unless an exit is already known; true if this
-    /// call recorded it.
-    pub(crate) fn set_exited(&self, id: &str, exit: ExitInfo) -> bool {
+    /// call recorded it. `on_record` runs when it does, before the event is published (so
+    /// that a subscriber who reads a counter after the event sees it counted).
+    pub(crate) fn set_exited(&self, id: &str, exit: ExitInfo, on_record: impl FnOnce()) -> bool {
         let Some(entry) = self.container_map().get(id).cloned() else {
             return false;
         };
         let mut recorded = false;
+        let mut on_record = Some(on_record);
         self.update_container(&entry, |r| {
             if !r.state.is_exited() {
                 r.state = Lifecycle::Exited(exit);
                 recorded = true;
+                if let Some(f) = on_record.take() {
+                    f();
+                }
             }
         });
         recorded
@@ -435,8 +440,11 @@ pub(crate) mod tests {
             r.started_at_ns = 5;
             r.state = Lifecycle::Running;
         });
-        assert!(store.set_exited("c", exit(3)));
-        assert!(!store.set_exited("c", exit(4)), "an exit is recorded once");
+        assert!(store.set_exited("c", exit(3), || {}));
+        assert!(
+            !store.set_exited("c", exit(4), || {}),
+            "an exit is recorded once"
+        );
         let p = store.sandbox_map().get("p").cloned().unwrap();
         store.update_sandbox(&p, |r| r.state = SandboxState::NotReady);
         store.update_sandbox(&p, |r| r.network_attached = false);
@@ -467,7 +475,7 @@ pub(crate) mod tests {
         store.add_container(container("c2", "p", 2));
         store.add_container(container("x", "other", 3));
         let mut rx = store.subscribe();
-        store.set_exited("c2", exit(0));
+        store.set_exited("c2", exit(0), || {});
         let stopped = rx.try_recv().unwrap();
         assert_eq!(
             (stopped.kind, stopped.id.as_str()),
@@ -486,7 +494,7 @@ pub(crate) mod tests {
         let e = store.container_map().get("c").cloned().unwrap();
         let mut stale = e.get();
         store.update_container(&e, |r| r.state = Lifecycle::Running);
-        store.set_exited("c", exit(1));
+        store.set_exited("c", exit(1), || {});
         stale.pid = 99;
         stale.state = Lifecycle::Running;
         store.update_container(&e, |r| *r = stale);

@@ -103,7 +103,7 @@ impl LogSink {
 
     /// Starts a batch of entries (the output of one read): while in a gap, one write is
     /// tried per batch.
-    pub fn begin_batch(&mut self) {
+    fn begin_batch(&mut self) {
         if let Some(g) = &mut self.gap {
             g.tried = false;
         }

@@ -8,6 +8,7 @@ use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 
 use crate::results::{BERTH, CONTAINERD, Results};
+use crate::stats::quantile;
 
 /// One line of a chart: a runtime's (pods running, latency in ms) points.
 struct Line {
@@ -18,13 +19,7 @@ struct Line {
 
 /// Median and 95th percentile (nearest rank) of `v`.
 fn median_p95(v: &[f64]) -> Option<(f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let rank = |q: f64| s[((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1];
-    Some((rank(0.5), rank(0.95)))
+    Some((quantile(v, 0.5)?, quantile(v, 0.95)?))
 }
 
 /// Per batch of `par` parallel starts: (pods running before it, median, p95).

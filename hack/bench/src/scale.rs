@@ -12,6 +12,7 @@ use futures_util::future::join_all;
 use crate::pods::{self, Pod};
 use crate::results::Results;
 use crate::runtime::Runtime;
+use crate::stats::quantile;
 
 /// The levels to report: 10, 100, 1000, ... below `n`, and `n`.
 fn decades(n: usize) -> Vec<usize> {
@@ -23,15 +24,6 @@ fn decades(n: usize) -> Vec<usize> {
     }
     out.push(n);
     out
-}
-
-/// Nearest-rank quantile `q` of `v` (sorted here), in ms.
-fn quantile(v: &mut [f64], q: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
 /// Median of 20 calls of `call`, in ms.
@@ -46,7 +38,7 @@ where
         call().await?;
         v.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    Ok(quantile(&mut v, 0.5))
+    Ok(quantile(&v, 0.5).unwrap_or(f64::NAN))
 }
 
 /// Starts pods on `rt` until it runs `upto`; returns the start times (ms).
@@ -77,13 +69,13 @@ pub async fn run(rts: &[Runtime; 2], n: usize, par: usize, results: &mut Results
     for level in decades(n) {
         let mut figures = Vec::new();
         for (r, rt) in rts.iter().enumerate() {
-            let mut starts = start_up_to(rt, &mut running[r], level, par)
+            let starts = start_up_to(rt, &mut running[r], level, par)
                 .await
                 .with_context(|| format!("{}: starting pods up to {level}", rt.name()))?;
             let c = &rt.client;
             let lps = median_call(|| c.list_pods()).await?;
             let lc = median_call(|| c.list_containers()).await?;
-            figures.push((quantile(&mut starts, 0.95), lps, lc));
+            figures.push((quantile(&starts, 0.95).unwrap_or(f64::NAN), lps, lc));
         }
         let mem = crate::workload::sample_memory(rts, &running).await?;
         let per_pod = |r: usize| {
@@ -134,13 +126,5 @@ mod tests {
         assert_eq!(decades(500), vec![10, 100, 500]);
         assert_eq!(decades(100), vec![10, 100]);
         assert_eq!(decades(5), vec![5]);
-    }
-
-    #[test]
-    fn nearest_rank() {
-        let mut v = vec![5.0, 1.0, 3.0, 2.0, 4.0];
-        assert_eq!(quantile(&mut v, 0.5), 3.0);
-        assert_eq!(quantile(&mut v, 0.95), 5.0);
-        assert!(quantile(&mut [], 0.5).is_nan());
     }
 }

@@ -75,15 +75,20 @@ pub struct SandboxRecord {
     )>,
 }
 
+/// A pod config's NamespaceOption (CRI defaults when unset).
+pub fn ns_options_of(config: &cri::PodSandboxConfig) -> cri::NamespaceOption {
+    config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default()
+}
+
 impl SandboxRecord {
     /// The pod's NamespaceOption (CRI defaults when unset).
     pub fn ns_options(&self) -> cri::NamespaceOption {
-        self.config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .and_then(|s| s.namespace_options.clone())
-            .unwrap_or_default()
+        ns_options_of(&self.config)
     }
 
     /// The pod's metadata (empty when kubelet sent none, which RunPodSandbox rejects).

@@ -57,14 +57,7 @@ impl PodService {
         // Checked before anything is set up: otherwise a malformed request would only fail
         // while the pod's network is being attached, and cost an ADD and a DEL.
         files::resolv_content(config.dns_config.as_ref())?;
-        let userns = crate::sandbox::userns::from_pod_options(
-            &config
-                .linux
-                .as_ref()
-                .and_then(|l| l.security_context.as_ref())
-                .and_then(|s| s.namespace_options.clone())
-                .unwrap_or_default(),
-        )?;
+        let userns = crate::sandbox::userns::from_pod_options(&records::ns_options_of(&config))?;
         if userns.is_some()
             && let Err(why) = &self.inner.userns_support
         {

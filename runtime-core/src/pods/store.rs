@@ -275,14 +275,11 @@ impl Store {
             return false;
         };
         let mut recorded = false;
-        let mut on_record = Some(on_record);
         self.update_container(&entry, |r| {
             if !r.state.is_exited() {
                 r.state = Lifecycle::Exited(exit);
                 recorded = true;
-                if let Some(f) = on_record.take() {
-                    f();
-                }
+                on_record();
             }
         });
         recorded

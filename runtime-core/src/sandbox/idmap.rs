@@ -47,13 +47,7 @@ fn c_path(p: &Path) -> Result<CString> {
 }
 
 fn fd_or(ret: libc::c_long, what: impl FnOnce() -> String) -> Result<OwnedFd> {
-    if ret < 0 {
-        return Err(Error::Internal(format!(
-            "{}: {}",
-            what(),
-            std::io::Error::last_os_error()
-        )));
-    }
+    ok_or(ret, what)?;
     // SAFETY: the system call just returned this new fd, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(ret as i32) })
 }
